@@ -1,0 +1,707 @@
+//! The filter's configuration: the JSON a user writes (Envoy's `configuration` or an Istio
+//! WasmPlugin's `pluginConfig`), parsed with serde (`deny_unknown_fields`) and validated once at
+//! load into a ready-to-use [`Config`]. Every error names the field it is about.
+//!
+//! Nothing here calls the host: environment variables are read through a closure so the same code
+//! runs natively in tests and inside the Wasm VM (where `std::env` sees
+//! `vm_config.environment_variables`).
+
+use serde::Deserialize;
+use std::fmt;
+
+/// The wire API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// Anthropic Messages API (`POST /v1/messages`, JSON and SSE).
+    Anthropic,
+}
+
+/// What a degraded answer looks like to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradedMode {
+    /// 200 with a synthetic assistant message carrying the notice (JSON or SSE, as requested).
+    #[default]
+    Message,
+    /// 503 with a structured error in the client's API format and `Retry-After`.
+    Error,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, user-facing shape.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    providers: Vec<RawProvider>,
+    chains: Vec<RawChain>,
+    #[serde(default)]
+    breaker: RawBreaker,
+    #[serde(default)]
+    degraded: RawDegraded,
+    #[serde(default = "default_route_header")]
+    route_header: String,
+    #[serde(default = "default_client_credential_headers")]
+    client_credential_headers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    cluster: String,
+    #[serde(default = "default_api")]
+    api: Api,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default)]
+    credential: Option<RawCredential>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    header: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+impl fmt::Debug for RawCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawCredential")
+            .field("header", &self.header)
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChain {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(rename = "match", default)]
+    matcher: RawMatch,
+    providers: Vec<String>,
+    #[serde(default)]
+    pass_client_credentials: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    #[serde(default = "default_path_prefix")]
+    path_prefix: String,
+    #[serde(default)]
+    header: Option<RawHeaderMatch>,
+}
+
+impl Default for RawMatch {
+    fn default() -> Self {
+        RawMatch { path_prefix: default_path_prefix(), header: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    name: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBreaker {
+    window_ms: u64,
+    buckets: u32,
+    min_requests: u32,
+    failure_ratio: f64,
+    consecutive_failures: u32,
+    open_ms: u64,
+    max_open_ms: u64,
+    backoff_multiplier: f64,
+    jitter: f64,
+    half_open_probes: u32,
+    close_after_successes: u32,
+    probe_timeout_ms: u64,
+    default_retry_after_ms: u64,
+    max_retry_after_ms: u64,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        let d = BreakerSettings::default();
+        RawBreaker {
+            window_ms: d.window_ms,
+            buckets: d.buckets,
+            min_requests: d.min_requests,
+            failure_ratio: d.failure_ratio,
+            consecutive_failures: d.consecutive_failures,
+            open_ms: d.open_ms,
+            max_open_ms: d.max_open_ms,
+            backoff_multiplier: d.backoff_multiplier,
+            jitter: d.jitter,
+            half_open_probes: d.half_open_probes,
+            close_after_successes: d.close_after_successes,
+            probe_timeout_ms: d.probe_timeout_ms,
+            default_retry_after_ms: d.default_retry_after_ms,
+            max_retry_after_ms: d.max_retry_after_ms,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDegraded {
+    mode: DegradedMode,
+    notice: String,
+    retry_after_s: u32,
+    on_upstream_failure: bool,
+}
+
+impl Default for RawDegraded {
+    fn default() -> Self {
+        RawDegraded {
+            mode: DegradedMode::Message,
+            notice: DEFAULT_NOTICE.to_string(),
+            retry_after_s: 30,
+            on_upstream_failure: true,
+        }
+    }
+}
+
+fn default_route_header() -> String {
+    "x-llm-failover-cluster".to_string()
+}
+fn default_client_credential_headers() -> Vec<String> {
+    ["authorization", "x-api-key", "api-key", "x-goog-api-key"].iter().map(|s| s.to_string()).collect()
+}
+fn default_api() -> Api {
+    Api::Anthropic
+}
+fn default_path_prefix() -> String {
+    "/".to_string()
+}
+
+/// The notice a degraded answer carries unless the config says otherwise.
+pub const DEFAULT_NOTICE: &str =
+    "Advanced AI features are temporarily offline; please try again shortly.";
+
+// ---------------------------------------------------------------------------------------------
+// Ready form.
+// ---------------------------------------------------------------------------------------------
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    pub chains: Vec<Chain>,
+    pub breaker: BreakerSettings,
+    pub degraded: DegradedSettings,
+    /// The request header the Envoy route reads with `cluster_header`.
+    pub route_header: String,
+    /// Client credential headers (lowercase) stripped from every rerouted request.
+    pub client_credential_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub cluster: String,
+    pub api: Api,
+    pub authority: Option<String>,
+    pub credential: Option<Credential>,
+    /// Shared-data key holding this provider's window and breaker.
+    pub state_key: String,
+}
+
+/// A credential to inject: header name (lowercase) and full header value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub header: String,
+    pub value: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credential {{ header: {:?}, value: <redacted> }}", self.header)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub name: String,
+    pub path_prefix: String,
+    /// Header name (lowercase) and, if given, the exact value it must have.
+    pub header: Option<(String, Option<String>)>,
+    /// Indexes into [`Config::providers`], in order of preference.
+    pub providers: Vec<usize>,
+    pub pass_client_credentials: bool,
+}
+
+impl Chain {
+    /// Does this chain apply to a request with this path? `header` looks a request header up.
+    pub fn matches(&self, path: &str, header: &dyn Fn(&str) -> Option<String>) -> bool {
+        if !path.starts_with(&self.path_prefix) {
+            return false;
+        }
+        match &self.header {
+            None => true,
+            Some((name, None)) => header(name).is_some(),
+            Some((name, Some(want))) => header(name).as_deref() == Some(want.as_str()),
+        }
+    }
+}
+
+/// Circuit breaker settings; every duration in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerSettings {
+    /// Length of the rolling error window.
+    pub window_ms: u64,
+    /// Number of time buckets the window is cut into.
+    pub buckets: u32,
+    /// Requests the window must hold before the failure ratio can open the breaker.
+    pub min_requests: u32,
+    /// Failure ratio (failures / (failures + successes)) that opens the breaker.
+    pub failure_ratio: f64,
+    /// Consecutive failures that open the breaker whatever the ratio (0 disables).
+    pub consecutive_failures: u32,
+    /// First open period.
+    pub open_ms: u64,
+    /// Cap of the open period after repeated trips.
+    pub max_open_ms: u64,
+    /// Each re-open multiplies the open period by this.
+    pub backoff_multiplier: f64,
+    /// Random spread applied to the open period: ±jitter (0.2 = ±20 %).
+    pub jitter: f64,
+    /// Probe requests admitted at once in half-open.
+    pub half_open_probes: u32,
+    /// Successful probes that close the breaker.
+    pub close_after_successes: u32,
+    /// A probe that reports nothing within this time frees its slot.
+    pub probe_timeout_ms: u64,
+    /// Cooldown after a 429 that carries no `Retry-After`.
+    pub default_retry_after_ms: u64,
+    /// Cap on a 429 cooldown, whatever `Retry-After` says.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            window_ms: 30_000,
+            buckets: 10,
+            min_requests: 10,
+            failure_ratio: 0.5,
+            consecutive_failures: 5,
+            open_ms: 10_000,
+            max_open_ms: 300_000,
+            backoff_multiplier: 2.0,
+            jitter: 0.2,
+            half_open_probes: 1,
+            close_after_successes: 2,
+            probe_timeout_ms: 60_000,
+            default_retry_after_ms: 5_000,
+            max_retry_after_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DegradedSettings {
+    pub mode: DegradedMode,
+    pub notice: String,
+    pub retry_after_s: u32,
+    /// Replace an upstream failure that has not reached the client with the degraded answer.
+    pub on_upstream_failure: bool,
+}
+
+/// Why a configuration was refused: the field (JSON path) and the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid llm-failover config: field `{}`: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), problem: problem.into() }
+}
+
+/// Prefix of every shared-data key this filter writes (Istio gives all plugins one namespace).
+pub const STATE_KEY_PREFIX: &str = "llm-failover/v1/provider/";
+
+/// Parses and validates a configuration. `env` looks up the Wasm VM's environment variables.
+pub fn parse(json: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    if json.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(err("(root)", "the configuration is empty; expected a JSON object with `providers` and `chains`"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path.is_empty() || path == "." || path == "?" { "(root)".to_string() } else { path };
+        err(field, e.into_inner().to_string())
+    })?;
+    validate(raw, &env)
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+    if !is_token(name) {
+        return Err(err(field, format!("{name:?} is not a valid HTTP header name")));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    if raw.providers.is_empty() {
+        return Err(err("providers", "at least one provider is required"));
+    }
+    let mut providers: Vec<Provider> = Vec::with_capacity(raw.providers.len());
+    for (i, p) in raw.providers.into_iter().enumerate() {
+        let f = |k: &str| format!("providers[{i}].{k}");
+        if p.name.is_empty()
+            || p.name.len() > 64
+            || !p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(err(f("name"), format!("{:?} must be 1-64 characters of [A-Za-z0-9_-]", p.name)));
+        }
+        if providers.iter().any(|q| q.name == p.name) {
+            return Err(err(f("name"), format!("provider {:?} is defined twice", p.name)));
+        }
+        if p.cluster.is_empty() || !is_header_value(&p.cluster) {
+            return Err(err(f("cluster"), "must be a non-empty Envoy cluster name"));
+        }
+        if let Some(a) = &p.authority {
+            if a.is_empty() || !is_header_value(a) || a.contains(' ') {
+                return Err(err(f("authority"), format!("{a:?} is not a valid :authority")));
+            }
+        }
+        let credential = match p.credential {
+            None => None,
+            Some(c) => {
+                let header = header_name(&f("credential.header"), &c.header)?;
+                let secret = match (c.value, c.env) {
+                    (Some(v), None) => v,
+                    (None, Some(var)) => match env(&var) {
+                        Some(v) if !v.is_empty() => v,
+                        _ => {
+                            return Err(err(
+                                f("credential.env"),
+                                format!(
+                                    "environment variable {var:?} is not set in the Wasm VM (add it to vm_config.environment_variables or the WasmPlugin's vmConfig.env)"
+                                ),
+                            ))
+                        }
+                    },
+                    _ => return Err(err(f("credential"), "give exactly one of `value` or `env`")),
+                };
+                let value = format!("{}{}", c.prefix.unwrap_or_default(), secret);
+                if !is_header_value(&value) || value.trim().is_empty() {
+                    return Err(err(f("credential"), "the credential is empty or not a valid header value"));
+                }
+                Some(Credential { header, value })
+            }
+        };
+        providers.push(Provider {
+            state_key: format!("{STATE_KEY_PREFIX}{}", p.name),
+            name: p.name,
+            cluster: p.cluster,
+            api: p.api,
+            authority: p.authority,
+            credential,
+        });
+    }
+
+    if raw.chains.is_empty() {
+        return Err(err("chains", "at least one chain is required"));
+    }
+    let mut chains = Vec::with_capacity(raw.chains.len());
+    for (i, c) in raw.chains.into_iter().enumerate() {
+        let f = |k: &str| format!("chains[{i}].{k}");
+        if !c.matcher.path_prefix.starts_with('/') {
+            return Err(err(f("match.path_prefix"), "must start with '/'"));
+        }
+        let header = match c.matcher.header {
+            None => None,
+            Some(h) => Some((header_name(&f("match.header.name"), &h.name)?, h.value)),
+        };
+        if c.providers.is_empty() {
+            return Err(err(f("providers"), "a chain needs at least one provider"));
+        }
+        let mut idx = Vec::with_capacity(c.providers.len());
+        for (j, name) in c.providers.iter().enumerate() {
+            let Some(k) = providers.iter().position(|p| &p.name == name) else {
+                return Err(err(format!("chains[{i}].providers[{j}]"), format!("unknown provider {name:?}")));
+            };
+            if idx.contains(&k) {
+                return Err(err(format!("chains[{i}].providers[{j}]"), format!("provider {name:?} is listed twice")));
+            }
+            idx.push(k);
+        }
+        chains.push(Chain {
+            name: c.name.unwrap_or_else(|| format!("chain{i}")),
+            path_prefix: c.matcher.path_prefix,
+            header,
+            providers: idx,
+            pass_client_credentials: c.pass_client_credentials,
+        });
+    }
+
+    let b = raw.breaker;
+    let bf = |k: &str| format!("breaker.{k}");
+    if b.buckets == 0 || b.buckets > 60 {
+        return Err(err(bf("buckets"), "must be between 1 and 60"));
+    }
+    if b.window_ms < u64::from(b.buckets) * 10 || b.window_ms > 3_600_000 {
+        return Err(err(bf("window_ms"), "must be between 10 ms per bucket and 1 hour"));
+    }
+    if b.window_ms % u64::from(b.buckets) != 0 {
+        return Err(err(bf("window_ms"), "must be a multiple of `buckets`"));
+    }
+    if b.min_requests == 0 {
+        return Err(err(bf("min_requests"), "must be at least 1"));
+    }
+    if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
+        return Err(err(bf("failure_ratio"), "must be in (0, 1]"));
+    }
+    if b.open_ms == 0 {
+        return Err(err(bf("open_ms"), "must be at least 1"));
+    }
+    if b.max_open_ms < b.open_ms {
+        return Err(err(bf("max_open_ms"), "must be at least `open_ms`"));
+    }
+    if !(b.backoff_multiplier >= 1.0 && b.backoff_multiplier <= 100.0) {
+        return Err(err(bf("backoff_multiplier"), "must be in [1, 100]"));
+    }
+    if !(0.0..1.0).contains(&b.jitter) {
+        return Err(err(bf("jitter"), "must be in [0, 1)"));
+    }
+    if b.half_open_probes == 0 || b.half_open_probes > 1000 {
+        return Err(err(bf("half_open_probes"), "must be between 1 and 1000"));
+    }
+    if b.close_after_successes == 0 || b.close_after_successes > 1000 {
+        return Err(err(bf("close_after_successes"), "must be between 1 and 1000"));
+    }
+    if b.probe_timeout_ms == 0 {
+        return Err(err(bf("probe_timeout_ms"), "must be at least 1"));
+    }
+    if b.max_retry_after_ms < b.default_retry_after_ms {
+        return Err(err(bf("max_retry_after_ms"), "must be at least `default_retry_after_ms`"));
+    }
+
+    let d = raw.degraded;
+    if d.notice.trim().is_empty() || d.notice.len() > 4096 {
+        return Err(err("degraded.notice", "must be non-empty and at most 4096 bytes"));
+    }
+
+    let route_header = header_name("route_header", &raw.route_header)?;
+    let mut client_credential_headers = Vec::with_capacity(raw.client_credential_headers.len());
+    for (i, h) in raw.client_credential_headers.iter().enumerate() {
+        client_credential_headers.push(header_name(&format!("client_credential_headers[{i}]"), h)?);
+    }
+    if client_credential_headers.contains(&route_header) {
+        return Err(err("route_header", "must not also be a client credential header"));
+    }
+
+    Ok(Config {
+        providers,
+        chains,
+        breaker: BreakerSettings {
+            window_ms: b.window_ms,
+            buckets: b.buckets,
+            min_requests: b.min_requests,
+            failure_ratio: b.failure_ratio,
+            consecutive_failures: b.consecutive_failures,
+            open_ms: b.open_ms,
+            max_open_ms: b.max_open_ms,
+            backoff_multiplier: b.backoff_multiplier,
+            jitter: b.jitter,
+            half_open_probes: b.half_open_probes,
+            close_after_successes: b.close_after_successes,
+            probe_timeout_ms: b.probe_timeout_ms,
+            default_retry_after_ms: b.default_retry_after_ms,
+            max_retry_after_ms: b.max_retry_after_ms,
+        },
+        degraded: DegradedSettings {
+            mode: d.mode,
+            notice: d.notice,
+            retry_after_s: d.retry_after_s,
+            on_upstream_failure: d.on_upstream_failure,
+        },
+        route_header,
+        client_credential_headers,
+    })
+}
+
+impl Config {
+    /// The first chain that applies to this request, if any.
+    pub fn chain_for(&self, path: &str, header: &dyn Fn(&str) -> Option<String>) -> Option<usize> {
+        self.chains.iter().position(|c| c.matches(path, header))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const MINIMAL: &str = r#"{
+        "providers": [
+            {"name": "primary", "cluster": "anthropic_primary", "authority": "api.anthropic.com",
+             "credential": {"header": "x-api-key", "env": "PRIMARY_KEY"}},
+            {"name": "fallback", "cluster": "anthropic_fallback",
+             "credential": {"header": "Authorization", "value": "sk-fb", "prefix": "Bearer "}}
+        ],
+        "chains": [{"match": {"path_prefix": "/v1/messages"}, "providers": ["primary", "fallback"]}]
+    }"#;
+
+    fn parse_err(json: &str) -> ConfigError {
+        parse(json.as_bytes(), no_env).unwrap_err()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_env_credentials() {
+        let c = parse(MINIMAL.as_bytes(), |k| (k == "PRIMARY_KEY").then(|| "sk-primary".to_string())).unwrap();
+        assert_eq!(c.providers.len(), 2);
+        assert_eq!(c.providers[0].credential.as_ref().unwrap().value, "sk-primary");
+        assert_eq!(c.providers[1].credential.as_ref().unwrap().header, "authorization");
+        assert_eq!(c.providers[1].credential.as_ref().unwrap().value, "Bearer sk-fb");
+        assert_eq!(c.providers[0].state_key, "llm-failover/v1/provider/primary");
+        assert_eq!(c.breaker, BreakerSettings::default());
+        assert_eq!(c.degraded.notice, DEFAULT_NOTICE);
+        assert_eq!(c.degraded.mode, DegradedMode::Message);
+        assert_eq!(c.route_header, "x-llm-failover-cluster");
+        assert_eq!(c.chains[0].providers, vec![0, 1]);
+        assert!(!c.chains[0].pass_client_credentials);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_path() {
+        let e = parse_err(r#"{"providers":[{"name":"a","cluster":"c","clustr":"x"}],"chains":[]}"#);
+        assert_eq!(e.field, "providers[0].clustr");
+        assert!(e.problem.contains("unknown field `clustr`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_nested_field() {
+        let e = parse_err(
+            r#"{"providers":[{"name":"a","cluster":"c"}],"chains":[{"providers":["a"]}],"breaker":{"min_requests":"ten"}}"#,
+        );
+        assert_eq!(e.field, "breaker.min_requests");
+    }
+
+    #[test]
+    fn missing_env_credential_is_refused() {
+        let e = parse_err(MINIMAL);
+        assert_eq!(e.field, "providers[0].credential.env");
+        assert!(e.problem.contains("PRIMARY_KEY"));
+    }
+
+    #[test]
+    fn credential_needs_exactly_one_source() {
+        let e = parse_err(
+            r#"{"providers":[{"name":"a","cluster":"c","credential":{"header":"x-api-key","value":"v","env":"E"}}],"chains":[{"providers":["a"]}]}"#,
+        );
+        assert_eq!(e.field, "providers[0].credential");
+    }
+
+    #[test]
+    fn chain_referencing_unknown_provider_is_refused() {
+        let e = parse_err(r#"{"providers":[{"name":"a","cluster":"c"}],"chains":[{"providers":["a","b"]}]}"#);
+        assert_eq!(e.field, "chains[0].providers[1]");
+        assert!(e.problem.contains("\"b\""));
+    }
+
+    #[test]
+    fn bad_breaker_values_are_refused() {
+        for (breaker, field) in [
+            (r#"{"failure_ratio": 1.5}"#, "breaker.failure_ratio"),
+            (r#"{"buckets": 0}"#, "breaker.buckets"),
+            (r#"{"window_ms": 1000, "buckets": 3}"#, "breaker.window_ms"),
+            (r#"{"open_ms": 5000, "max_open_ms": 1000}"#, "breaker.max_open_ms"),
+            (r#"{"jitter": 1.0}"#, "breaker.jitter"),
+            (r#"{"half_open_probes": 0}"#, "breaker.half_open_probes"),
+        ] {
+            let json = format!(r#"{{"providers":[{{"name":"a","cluster":"c"}}],"chains":[{{"providers":["a"]}}],"breaker":{breaker}}}"#);
+            assert_eq!(parse_err(&json).field, field, "{breaker}");
+        }
+    }
+
+    #[test]
+    fn invalid_provider_names_and_duplicates_are_refused() {
+        let e = parse_err(r#"{"providers":[{"name":"a b","cluster":"c"}],"chains":[{"providers":["a b"]}]}"#);
+        assert_eq!(e.field, "providers[0].name");
+        let e = parse_err(r#"{"providers":[{"name":"a","cluster":"c"},{"name":"a","cluster":"d"}],"chains":[]}"#);
+        assert_eq!(e.field, "providers[1].name");
+    }
+
+    #[test]
+    fn empty_and_malformed_json_are_refused() {
+        assert_eq!(parse_err("").field, "(root)");
+        let e = parse_err("{not json");
+        assert_eq!(e.field, "(root)");
+        let e = parse_err(r#"{"chains":[]}"#);
+        assert!(e.problem.contains("missing field `providers`"), "{e}");
+    }
+
+    #[test]
+    fn error_display_names_field_and_never_a_secret() {
+        let e = parse_err(
+            r#"{"providers":[{"name":"a","cluster":"c","credential":{"header":"bad header","value":"sk-secret"}}],"chains":[{"providers":["a"]}]}"#,
+        );
+        let s = e.to_string();
+        assert!(s.contains("providers[0].credential.header"), "{s}");
+        assert!(!s.contains("sk-secret"));
+        let c = parse(
+            r#"{"providers":[{"name":"a","cluster":"c","credential":{"header":"x-api-key","value":"sk-secret"}}],"chains":[{"providers":["a"]}]}"#.as_bytes(),
+            no_env,
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("sk-secret"));
+    }
+
+    #[test]
+    fn chain_matching_by_path_and_header() {
+        let c = parse(
+            r#"{"providers":[{"name":"a","cluster":"c"}],"chains":[
+                {"match":{"path_prefix":"/v1/messages","header":{"name":"X-Tenant","value":"gold"}},"providers":["a"]},
+                {"match":{"path_prefix":"/v1/messages"},"providers":["a"]}]}"#
+                .as_bytes(),
+            no_env,
+        )
+        .unwrap();
+        let gold = |h: &str| (h == "x-tenant").then(|| "gold".to_string());
+        let silver = |h: &str| (h == "x-tenant").then(|| "silver".to_string());
+        let none = |_: &str| None;
+        assert_eq!(c.chain_for("/v1/messages", &gold), Some(0));
+        assert_eq!(c.chain_for("/v1/messages", &silver), Some(1));
+        assert_eq!(c.chain_for("/v1/messages?beta=true", &none), Some(1));
+        assert_eq!(c.chain_for("/v2/other", &none), None);
+    }
+}

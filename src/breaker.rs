@@ -74,9 +74,16 @@ impl fmt::Display for Reason {
 /// A change worth logging (once, by the worker that made it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Change {
-    Transition { from: State, to: State, reason: Reason, open_ms: Option<u64> },
+    Transition {
+        from: State,
+        to: State,
+        reason: Reason,
+        open_ms: Option<u64>,
+    },
     /// A 429 started a cooldown (not logged again while one is running).
-    RateLimited { cooldown_ms: u64 },
+    RateLimited {
+        cooldown_ms: u64,
+    },
 }
 
 /// What the breaker says to a request.
@@ -262,17 +269,16 @@ impl ProviderState {
                     State::Closed => {
                         let (ok, failed) = self.window.totals(now_ms);
                         let total = ok.saturating_add(failed);
-                        let reason = if total >= s.min_requests
-                            && f64::from(failed) >= s.failure_ratio * f64::from(total)
-                        {
-                            Reason::FailureRatio { failures: failed, total, threshold: s.failure_ratio }
-                        } else if s.consecutive_failures > 0
-                            && u32::from(self.consecutive_failures) >= s.consecutive_failures
-                        {
-                            Reason::ConsecutiveFailures(u32::from(self.consecutive_failures))
-                        } else {
-                            return None;
-                        };
+                        let reason =
+                            if total >= s.min_requests && f64::from(failed) >= s.failure_ratio * f64::from(total) {
+                                Reason::FailureRatio { failures: failed, total, threshold: s.failure_ratio }
+                            } else if s.consecutive_failures > 0
+                                && u32::from(self.consecutive_failures) >= s.consecutive_failures
+                            {
+                                Reason::ConsecutiveFailures(u32::from(self.consecutive_failures))
+                            } else {
+                                return None;
+                            };
                         Some(self.open(now_ms, reason, s, random))
                     }
                     State::HalfOpen if probe => Some(self.open(now_ms, Reason::ProbeFailed, s, random)),
@@ -430,7 +436,10 @@ mod tests {
         assert_eq!(p.record(T, Health::Failure, false, &s, HALF), None);
         // 3 of 6 reaches it.
         let c = p.record(T, Health::Failure, false, &s, HALF);
-        assert!(matches!(c, Some(Change::Transition { reason: Reason::FailureRatio { failures: 3, total: 6, .. }, .. })));
+        assert!(matches!(
+            c,
+            Some(Change::Transition { reason: Reason::FailureRatio { failures: 3, total: 6, .. }, .. })
+        ));
     }
 
     #[test]
@@ -521,9 +530,9 @@ mod tests {
             t = p.open_until_ms;
             assert_eq!(p.claim(t, &s).0, Admission::Probe);
             match p.record(t, Health::Failure, true, &s, HALF) {
-                Some(Change::Transition { to: State::Open, reason: Reason::ProbeFailed, open_ms: Some(ms), .. }) => {
-                    periods.push(ms)
-                }
+                Some(Change::Transition {
+                    to: State::Open, reason: Reason::ProbeFailed, open_ms: Some(ms), ..
+                }) => periods.push(ms),
                 other => panic!("{other:?}"),
             }
         }

@@ -41,7 +41,9 @@ pub enum Health {
     Success,
     Failure,
     /// Cool the provider down for this long; neither success nor failure.
-    RateLimited { cooldown_ms: u64 },
+    RateLimited {
+        cooldown_ms: u64,
+    },
     /// Counts for nothing.
     Neutral,
 }
@@ -122,16 +124,18 @@ fn classify_local_reply(details: &str) -> Option<Outcome> {
         return None;
     }
     if let Some(rest) = details.strip_prefix("upstream_reset_before_response_started") {
-        return Some(if rest.contains("connection_failure")
-            || rest.contains("connect_error")
-            || rest.contains("connection_timeout")
-        {
-            Outcome::ConnectFailure
-        } else if rest.contains("overflow") {
-            Outcome::LocalError
-        } else {
-            Outcome::Reset
-        });
+        return Some(
+            if rest.contains("connection_failure")
+                || rest.contains("connect_error")
+                || rest.contains("connection_timeout")
+            {
+                Outcome::ConnectFailure
+            } else if rest.contains("overflow") {
+                Outcome::LocalError
+            } else {
+                Outcome::Reset
+            },
+        );
     }
     if details.starts_with("upstream_reset_after_response_started") {
         return Some(Outcome::StreamTruncated);
@@ -289,7 +293,10 @@ mod tests {
         assert_eq!(classify_end(ok, StreamVerdict::Error { overloaded: true }, true, 0), Outcome::Overloaded);
         assert_eq!(classify_end(ok, StreamVerdict::Error { overloaded: false }, true, 0), Outcome::StreamError);
         assert_eq!(classify_end(ok, StreamVerdict::Truncated, true, 0), Outcome::StreamTruncated);
-        assert_eq!(classify_end(ok, StreamVerdict::NotStream, false, flags::UPSTREAM_CONNECTION_TERMINATION), Outcome::StreamTruncated);
+        assert_eq!(
+            classify_end(ok, StreamVerdict::NotStream, false, flags::UPSTREAM_CONNECTION_TERMINATION),
+            Outcome::StreamTruncated
+        );
         assert_eq!(
             classify_end(ok, StreamVerdict::Truncated, false, flags::DOWNSTREAM_CONNECTION_TERMINATION),
             Outcome::ClientCancelled

@@ -74,10 +74,7 @@ struct RawCredential {
 
 impl fmt::Debug for RawCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawCredential")
-            .field("header", &self.header)
-            .field("env", &self.env)
-            .finish_non_exhaustive()
+        f.debug_struct("RawCredential").field("header", &self.header).field("env", &self.env).finish_non_exhaustive()
     }
 }
 
@@ -191,8 +188,7 @@ fn default_path_prefix() -> String {
 }
 
 /// The notice a degraded answer carries unless the config says otherwise.
-pub const DEFAULT_NOTICE: &str =
-    "Advanced AI features are temporarily offline; please try again shortly.";
+pub const DEFAULT_NOTICE: &str = "Advanced AI features are temporarily offline; please try again shortly.";
 
 // ---------------------------------------------------------------------------------------------
 // Ready form.
@@ -360,8 +356,7 @@ pub fn parse(json: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Config
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_header_value(s: &str) -> bool {
@@ -648,7 +643,9 @@ mod tests {
             (r#"{"jitter": 1.0}"#, "breaker.jitter"),
             (r#"{"half_open_probes": 0}"#, "breaker.half_open_probes"),
         ] {
-            let json = format!(r#"{{"providers":[{{"name":"a","cluster":"c"}}],"chains":[{{"providers":["a"]}}],"breaker":{breaker}}}"#);
+            let json = format!(
+                r#"{{"providers":[{{"name":"a","cluster":"c"}}],"chains":[{{"providers":["a"]}}],"breaker":{breaker}}}"#
+            );
             assert_eq!(parse_err(&json).field, field, "{breaker}");
         }
     }

@@ -135,8 +135,8 @@ pub fn anthropic_error(notice: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::anthropic::StreamMonitor;
     use crate::classify::StreamVerdict;
+    use crate::providers::anthropic::StreamMonitor;
 
     fn settings(mode: DegradedMode) -> DegradedSettings {
         DegradedSettings { mode, notice: "Be right back \"soon\"".into(), retry_after_s: 17, on_upstream_failure: true }
@@ -148,7 +148,14 @@ mod tests {
 
     #[test]
     fn message_mode_json() {
-        let r = degraded_response(&settings(DegradedMode::Message), Api::Anthropic, Some("claude-x"), false, DegradedReason::NoProviderAvailable, 7);
+        let r = degraded_response(
+            &settings(DegradedMode::Message),
+            Api::Anthropic,
+            Some("claude-x"),
+            false,
+            DegradedReason::NoProviderAvailable,
+            7,
+        );
         assert_eq!(r.status, 200);
         assert_eq!(header(&r, "x-llm-degraded"), Some("true"));
         assert_eq!(header(&r, "x-llm-degraded-reason"), Some("no_provider_available"));
@@ -162,7 +169,14 @@ mod tests {
 
     #[test]
     fn message_mode_stream_is_a_complete_valid_stream() {
-        let r = degraded_response(&settings(DegradedMode::Message), Api::Anthropic, Some("m"), true, DegradedReason::UpstreamFailure, 1);
+        let r = degraded_response(
+            &settings(DegradedMode::Message),
+            Api::Anthropic,
+            Some("m"),
+            true,
+            DegradedReason::UpstreamFailure,
+            1,
+        );
         assert_eq!(header(&r, "content-type"), Some("text/event-stream; charset=utf-8"));
         let mut m = StreamMonitor::new();
         m.feed(&r.body);
@@ -174,7 +188,14 @@ mod tests {
 
     #[test]
     fn error_mode_has_retry_after_and_an_api_error() {
-        let r = degraded_response(&settings(DegradedMode::Error), Api::Anthropic, None, true, DegradedReason::NoProviderAvailable, 1);
+        let r = degraded_response(
+            &settings(DegradedMode::Error),
+            Api::Anthropic,
+            None,
+            true,
+            DegradedReason::NoProviderAvailable,
+            1,
+        );
         assert_eq!(r.status, 503);
         assert_eq!(header(&r, "retry-after"), Some("17"));
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -184,7 +205,14 @@ mod tests {
 
     #[test]
     fn hostile_model_names_stay_inside_the_json_string() {
-        let r = degraded_response(&settings(DegradedMode::Message), Api::Anthropic, Some("\"}\n\nevent: x"), true, DegradedReason::NoProviderAvailable, 1);
+        let r = degraded_response(
+            &settings(DegradedMode::Message),
+            Api::Anthropic,
+            Some("\"}\n\nevent: x"),
+            true,
+            DegradedReason::NoProviderAvailable,
+            1,
+        );
         let text = String::from_utf8(r.body).unwrap();
         assert_eq!(text.matches("\n\n").count(), 6);
     }

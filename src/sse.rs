@@ -94,14 +94,15 @@ impl SseParser {
             return;
         }
         let line = std::mem::take(&mut self.line);
+        let empty: &[u8] = &[];
         let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(0) => (&line[..0], &line[..0]), // comment
+            Some(0) => (empty, empty), // comment
             Some(i) => {
                 let (f, v) = line.split_at(i);
                 let v = v.get(1..).unwrap_or_default();
                 (f, v.strip_prefix(b" ").unwrap_or(v))
             }
-            None => (&line[..], &line[..0]),
+            None => (line.as_slice(), empty),
         };
         match field {
             b"event" => {

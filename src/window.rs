@@ -62,9 +62,10 @@ impl Window {
     /// (successes, failures) within the window ending at `now_ms`.
     pub fn totals(&self, now_ms: u64) -> (u32, u32) {
         let now_index = self.index_at(now_ms);
-        self.buckets.iter().filter(|b| self.is_live(b, now_index)).fold((0u32, 0u32), |(s, f), b| {
-            (s.saturating_add(b.successes), f.saturating_add(b.failures))
-        })
+        self.buckets
+            .iter()
+            .filter(|b| self.is_live(b, now_index))
+            .fold((0u32, 0u32), |(s, f), b| (s.saturating_add(b.successes), f.saturating_add(b.failures)))
     }
 
     /// Forgets everything.

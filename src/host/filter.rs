@@ -3,7 +3,9 @@
 //! replaces a failure that has not reached the client with the degraded answer, and records the
 //! outcome in the provider's shared window and breaker when the stream is done.
 
-use super::props::{property_string, property_u64, request_header, response_header, set_request_header, set_response_header};
+use super::props::{
+    property_string, property_u64, request_header, response_header, set_request_header, set_response_header,
+};
 use super::{now_ms, random_u32, shared};
 use crate::breaker::{Admission, Change, Peek};
 use crate::classify::{classify_end, classify_headers, Health, Outcome, StreamVerdict};
@@ -240,7 +242,8 @@ impl HttpContext for Filter {
         }
         let now = now_ms();
         let random = random_u32();
-        let change = shared::update(&provider.state_key, s, |st| (st.record(now, health, choice.probe, s, random), true));
+        let change =
+            shared::update(&provider.state_key, s, |st| (st.record(now, health, choice.probe, s, random), true));
         if let Some(Some(c)) = change {
             log_change(&provider.name, &c);
         }

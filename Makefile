@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 export ENVOY
 
-.PHONY: build test test-unit test-e2e run lint fmt tools envoy clean
+.PHONY: build test test-unit test-e2e run lint fmt tools envoy clean bench bench-micro bench-peers wrk
 
 $(TOOLS)/.wasm-target:
 	@mkdir -p $(TOOLS)
@@ -62,6 +62,30 @@ lint: $(TOOLS)/.wasm-target
 
 fmt:
 	cargo fmt
+
+## bench: the filter against plain Envoy (writes bench/RESULTS.md and README's headline), then
+## the native micro-benchmarks of the hot path. BENCH_ARGS="--seconds 10 --rate 1000 --long-seconds 60"
+BENCH_ARGS ?=
+bench: build tools wrk
+	cargo build --release -p bench-upstream
+	cargo build --release --target $(TARGET) -p noop-filter
+	$(PY) bench/run.py $(BENCH_ARGS)
+	$(MAKE) bench-micro
+
+## bench-peers: the same load against LiteLLM proxy and Portkey gateway (installed into .tools/)
+bench-peers: build tools wrk
+	cargo build --release -p bench-upstream
+	$(PY) bench/peers.py $(BENCH_ARGS)
+
+bench-micro:
+	cargo bench --bench core -- --noplot
+
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null; \
+	  else echo "make bench needs wrk: install it (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)"; exit 1; fi; }
+	@wrk --version | head -1
 
 clean:
 	cargo clean

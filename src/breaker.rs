@@ -157,20 +157,31 @@ impl ProviderState {
 
     /// Read-only admission check.
     pub fn peek(&self, now_ms: u64, s: &BreakerSettings) -> Peek {
-        if now_ms < self.rate_limited_until_ms {
-            return Peek::Reject(Rejection::RateLimited);
+        Head {
+            state: self.state,
+            probes_in_flight: self.probes_in_flight,
+            open_until_ms: self.open_until_ms,
+            probe_deadline_ms: self.probe_deadline_ms,
+            rate_limited_until_ms: self.rate_limited_until_ms,
         }
-        match self.state {
-            State::Closed => Peek::Admit,
-            State::Open if now_ms < self.open_until_ms => Peek::Reject(Rejection::Open),
-            State::Open => Peek::NeedsClaim,
-            State::HalfOpen => {
-                if u32::from(self.probes_in_flight) < s.half_open_probes || now_ms >= self.probe_deadline_ms {
-                    Peek::NeedsClaim
-                } else {
-                    Peek::Reject(Rejection::ProbesBusy)
-                }
-            }
+        .peek(now_ms, s)
+    }
+
+    /// [`ProviderState::peek`] straight from the encoded bytes, reading only the fixed header
+    /// (no allocation): the admission check every request makes. Unreadable bytes admit, as a
+    /// fresh (closed) breaker would.
+    pub fn peek_encoded(bytes: &[u8], now_ms: u64, s: &BreakerSettings) -> Peek {
+        match Head::decode(bytes) {
+            Some((head, _)) => head.peek(now_ms, s),
+            None => Peek::Admit,
+        }
+    }
+
+    /// Records `n` successes at once (a worker's batch of closed-state successes).
+    pub fn record_successes(&mut self, now_ms: u64, n: u32) {
+        if n > 0 {
+            self.window.record_n(now_ms, true, n);
+            self.consecutive_failures = 0;
         }
     }
 
@@ -329,34 +340,78 @@ impl ProviderState {
     }
 
     fn try_decode(bytes: &[u8], s: &BreakerSettings) -> Option<Self> {
-        let (head, rest) = bytes.split_first_chunk::<4>()?;
-        let [version, state, trips, _] = *head;
-        if version != VERSION {
-            return None;
-        }
-        let state = State::from_u8(state)?;
-        let (consecutive_failures, rest) = take_u16(rest)?;
-        let (probes_in_flight, rest) = take_u16(rest)?;
-        let (probe_successes, rest) = take_u16(rest)?;
-        let (open_until_ms, rest) = take_u64(rest)?;
-        let (probe_deadline_ms, rest) = take_u64(rest)?;
-        let (rate_limited_until_ms, rest) = take_u64(rest)?;
+        let (head, rest) = Head::decode(bytes)?;
+        let (trips, consecutive_failures, probe_successes) = head_extra(bytes)?;
         let window = match Window::decode(rest) {
             Some((w, _)) if w.has_shape(s.window_ms, s.buckets) => w,
             _ => Window::new(s.window_ms, s.buckets),
         };
         Some(ProviderState {
-            state,
+            state: head.state,
             trips,
             consecutive_failures,
-            probes_in_flight,
+            probes_in_flight: head.probes_in_flight,
             probe_successes,
-            open_until_ms,
-            probe_deadline_ms,
-            rate_limited_until_ms,
+            open_until_ms: head.open_until_ms,
+            probe_deadline_ms: head.probe_deadline_ms,
+            rate_limited_until_ms: head.rate_limited_until_ms,
             window,
         })
     }
+}
+
+/// The fields admission needs, read from the fixed-size header of the encoding.
+struct Head {
+    state: State,
+    probes_in_flight: u16,
+    open_until_ms: u64,
+    probe_deadline_ms: u64,
+    rate_limited_until_ms: u64,
+}
+
+impl Head {
+    fn decode(bytes: &[u8]) -> Option<(Head, &[u8])> {
+        let (head, rest) = bytes.split_first_chunk::<4>()?;
+        let [version, state, _trips, _] = *head;
+        if version != VERSION {
+            return None;
+        }
+        let state = State::from_u8(state)?;
+        let (_consecutive, rest) = take_u16(rest)?;
+        let (probes_in_flight, rest) = take_u16(rest)?;
+        let (_probe_successes, rest) = take_u16(rest)?;
+        let (open_until_ms, rest) = take_u64(rest)?;
+        let (probe_deadline_ms, rest) = take_u64(rest)?;
+        let (rate_limited_until_ms, rest) = take_u64(rest)?;
+        Some((Head { state, probes_in_flight, open_until_ms, probe_deadline_ms, rate_limited_until_ms }, rest))
+    }
+
+    fn peek(&self, now_ms: u64, s: &BreakerSettings) -> Peek {
+        if now_ms < self.rate_limited_until_ms {
+            return Peek::Reject(Rejection::RateLimited);
+        }
+        match self.state {
+            State::Closed => Peek::Admit,
+            State::Open if now_ms < self.open_until_ms => Peek::Reject(Rejection::Open),
+            State::Open => Peek::NeedsClaim,
+            State::HalfOpen => {
+                if u32::from(self.probes_in_flight) < s.half_open_probes || now_ms >= self.probe_deadline_ms {
+                    Peek::NeedsClaim
+                } else {
+                    Peek::Reject(Rejection::ProbesBusy)
+                }
+            }
+        }
+    }
+}
+
+/// trips, consecutive failures and probe successes, which only updates need.
+fn head_extra(bytes: &[u8]) -> Option<(u8, u16, u16)> {
+    let trips = *bytes.get(2)?;
+    let (consecutive, rest) = take_u16(bytes.get(4..)?)?;
+    let (_probes, rest) = take_u16(rest)?;
+    let (successes, _) = take_u16(rest)?;
+    Some((trips, consecutive, successes))
 }
 
 /// Open period for the `trips`-th consecutive open: `open_ms × multiplier^(trips-1)`, spread by
@@ -584,6 +639,37 @@ mod tests {
         // Capped even with jitter.
         assert_eq!(open_duration_ms(10, &s, u32::MAX), 8_000);
         assert_eq!(open_duration_ms(255, &s, 0), 6_400);
+    }
+
+    #[test]
+    fn peek_from_bytes_agrees_with_peek() {
+        let s = settings();
+        let mut p = ProviderState::new(&s);
+        let check =
+            |p: &ProviderState, t: u64| assert_eq!(ProviderState::peek_encoded(&p.encode(), t, &s), p.peek(t, &s));
+        check(&p, T);
+        for _ in 0..3 {
+            p.record(T, Health::Failure, false, &s, HALF);
+        }
+        check(&p, T + 10);
+        check(&p, T + 1_000);
+        p.claim(T + 1_000, &s);
+        check(&p, T + 1_001);
+        check(&p, T + 7_000);
+        p.record(T, Health::RateLimited { cooldown_ms: 50_000 }, false, &s, HALF);
+        check(&p, T + 7_000);
+        assert_eq!(ProviderState::peek_encoded(b"junk", T, &s), Peek::Admit);
+    }
+
+    #[test]
+    fn batched_successes_count_and_reset_consecutive_failures() {
+        let s = settings();
+        let mut p = ProviderState::new(&s);
+        p.record(T, Health::Failure, false, &s, HALF);
+        p.record(T, Health::Failure, false, &s, HALF);
+        p.record_successes(T, 40);
+        assert_eq!(p.window.totals(T), (40, 2));
+        assert_eq!(p.record(T, Health::Failure, false, &s, HALF), None);
     }
 
     #[test]

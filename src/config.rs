@@ -552,6 +552,12 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
 }
 
 impl Config {
+    /// How long a worker may hold closed-state successes before writing them to shared data:
+    /// at most 100 ms, and never longer than one window bucket.
+    pub fn success_flush_ms(&self) -> u64 {
+        (self.breaker.window_ms / u64::from(self.breaker.buckets.max(1))).min(100)
+    }
+
     /// The first chain that applies to this request, if any.
     pub fn chain_for(&self, path: &str, header: &dyn Fn(&str) -> Option<String>) -> Option<usize> {
         self.chains.iter().position(|c| c.matches(path, header))

@@ -46,6 +46,11 @@ impl Window {
 
     /// Records one outcome at `now_ms`.
     pub fn record(&mut self, now_ms: u64, success: bool) {
+        self.record_n(now_ms, success, 1);
+    }
+
+    /// Records `n` outcomes of one kind at `now_ms`.
+    pub fn record_n(&mut self, now_ms: u64, success: bool, n: u32) {
         let idx = self.index_at(now_ms);
         let len = self.buckets.len();
         let Some(b) = self.buckets.get_mut(idx as usize % len) else { return };
@@ -53,9 +58,9 @@ impl Window {
             *b = Bucket { index: idx, successes: 0, failures: 0 };
         }
         if success {
-            b.successes = b.successes.saturating_add(1);
+            b.successes = b.successes.saturating_add(n);
         } else {
-            b.failures = b.failures.saturating_add(1);
+            b.failures = b.failures.saturating_add(n);
         }
     }
 

@@ -3,10 +3,8 @@
 //! replaces a failure that has not reached the client with the degraded answer, and records the
 //! outcome in the provider's shared window and breaker when the stream is done.
 
-use super::props::{
-    property_string, property_u64, request_header, response_header, set_request_header, set_response_header,
-};
-use super::{now_ms, random_u32, shared};
+use super::props::{property_string, property_u64, response_header, set_request_header, set_response_header};
+use super::{metrics, now_ms, random_u32, shared};
 use crate::breaker::{Admission, Change, Peek};
 use crate::classify::{classify_end, classify_headers, Health, Outcome, StreamVerdict};
 use crate::config::Config;
@@ -16,7 +14,7 @@ use crate::providers::StreamMonitor;
 use crate::request_peek::RequestPeek;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use std::rc::Rc;
 
 pub struct Filter {
@@ -53,7 +51,7 @@ impl Filter {
     fn admit(cfg: &Config, p: usize, now: u64) -> Admission {
         let Some(provider) = cfg.providers.get(p) else { return Admission::Reject(crate::breaker::Rejection::Open) };
         let s = &cfg.breaker;
-        match shared::read(&provider.state_key, s).peek(now, s) {
+        match shared::peek(&provider.state_key, now, s) {
             Peek::Admit => Admission::Admit,
             Peek::Reject(r) => Admission::Reject(r),
             Peek::NeedsClaim => {
@@ -120,11 +118,19 @@ impl Context for Filter {}
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(cfg) = self.cfg.clone() else { return Action::Continue };
+        // One host call for all request headers (each lookup or removal is a call of its own).
+        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let has = |name: &str| headers.iter().any(|(k, _)| k == name);
+        let header = |name: &str| {
+            headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok().map(str::to_string))
+        };
         // Whatever happens next, the client never picks the cluster.
-        set_request_header(&cfg.route_header, None);
+        if has(&cfg.route_header) {
+            set_request_header(&cfg.route_header, None);
+        }
 
-        let path = request_header(":path").unwrap_or_default();
-        let Some(chain_idx) = cfg.chain_for(&path, &request_header) else { return Action::Continue };
+        let path = header(":path").unwrap_or_default();
+        let Some(chain_idx) = cfg.chain_for(&path, &header) else { return Action::Continue };
         let Some(chain) = cfg.chains.get(chain_idx) else { return Action::Continue };
         self.chain = Some(chain_idx);
 
@@ -139,13 +145,14 @@ impl HttpContext for Filter {
             return Action::Pause;
         };
         let Some(edits) = plan::request_edits(&cfg, chain, choice) else { return Action::Continue };
-        for h in edits.strip {
+        let replaced = edits.credential.map(|c| c.header.as_str());
+        for h in edits.strip.iter().filter(|h| Some(h.as_str()) != replaced && has(h)) {
             set_request_header(h, None);
         }
         if let Some(c) = edits.credential {
             set_request_header(&c.header, Some(&c.value));
         }
-        if let Some(a) = edits.authority {
+        if let Some(a) = edits.authority.filter(|a| header(":authority").as_deref() != Some(a)) {
             set_request_header(":authority", Some(a));
         }
         set_request_header(&cfg.route_header, Some(edits.cluster));
@@ -186,13 +193,18 @@ impl HttpContext for Filter {
         let (Some(cfg), Some(choice)) = (self.cfg.clone(), self.choice) else { return Action::Continue };
         let Some(provider) = cfg.providers.get(choice.provider) else { return Action::Continue };
         let status = response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        let details = property_string(&["response", "code_details"]);
-        let outcome = classify_headers(
-            status,
-            details.as_deref(),
-            response_header("retry-after-ms").as_deref(),
-            response_header("retry-after").as_deref(),
-        );
+        // Envoy's own replies (timeouts, resets) are never 2xx: skip the lookups on success.
+        let outcome = if (200..300).contains(&status) {
+            classify_headers(status, None, None, None)
+        } else {
+            let details = property_string(&["response", "code_details"]);
+            let (ra_ms, ra) = if status == 429 {
+                (response_header("retry-after-ms"), response_header("retry-after"))
+            } else {
+                (None, None)
+            };
+            classify_headers(status, details.as_deref(), ra_ms.as_deref(), ra.as_deref())
+        };
         self.headers_outcome = Some(outcome);
         if outcome.is_provider_failure() && cfg.degraded.on_upstream_failure {
             self.send_degraded(&cfg, DegradedReason::UpstreamFailure);
@@ -229,23 +241,37 @@ impl HttpContext for Filter {
         let (Some(cfg), Some(choice)) = (self.cfg.clone(), self.choice) else { return };
         let Some(provider) = cfg.providers.get(choice.provider) else { return };
         let s = &cfg.breaker;
-        let flags = property_u64(&["response", "flags"]).unwrap_or(0);
         // No response headers at all: the client left before anything came back.
         let from_headers = self.headers_outcome.unwrap_or(Outcome::ClientCancelled);
         let verdict = self.monitor.as_ref().map_or(StreamVerdict::NotStream, |m| m.verdict());
         let body_ended = self.body_ended || self.local_reply;
+        // Envoy's flags only matter for a body that did not end (who cut it?).
+        let flags = if body_ended { 0 } else { property_u64(&["response", "flags"]).unwrap_or(0) };
         let outcome = classify_end(from_headers, verdict, body_ended, flags);
         let health = outcome.health(s.default_retry_after_ms, s.max_retry_after_ms);
         log::debug!("{} -> {} (probe {})", provider.name, outcome.as_str(), choice.probe);
+        metrics::report_memory();
+        let now = now_ms();
+        if health == Health::Success && !choice.probe {
+            // Admitted by a closed breaker: only the window's count changes; batch it.
+            if let Some(n) = shared::batch_success(choice.provider, now, cfg.success_flush_ms()) {
+                shared::flush_successes(choice.provider, &provider.state_key, s, now, n);
+            }
+            return;
+        }
         if health == Health::Neutral && !choice.probe {
             return;
         }
-        let now = now_ms();
         let random = random_u32();
-        let change =
-            shared::update(&provider.state_key, s, |st| (st.record(now, health, choice.probe, s, random), true));
-        if let Some(Some(c)) = change {
-            log_change(&provider.name, &c);
+        let pending = shared::take_pending(choice.provider);
+        let change = shared::update(&provider.state_key, s, |st| {
+            st.record_successes(now, pending);
+            (st.record(now, health, choice.probe, s, random), true)
+        });
+        match change {
+            Some(Some(c)) => log_change(&provider.name, &c),
+            Some(None) => {}
+            None => shared::restore_pending(choice.provider, pending),
         }
     }
 }

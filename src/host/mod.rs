@@ -3,6 +3,7 @@
 //! are made through `proxy_wasm::hostcalls` directly and their errors handled, never unwrapped.
 
 mod filter;
+mod metrics;
 mod props;
 mod root;
 mod shared;

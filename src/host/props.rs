@@ -17,10 +17,6 @@ pub fn property_u64(path: &[&str]) -> Option<u64> {
     Some(u64::from_le_bytes(arr))
 }
 
-pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
-}
-
 pub fn response_header(name: &str) -> Option<String> {
     hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
 }

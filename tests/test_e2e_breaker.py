@@ -54,6 +54,8 @@ def test_failure_ratio_opens_the_breaker():
     with Stack(cfg) as s:
         for _ in range(3):
             assert provider_of(s.post()) == "primary"
+        # Each worker batches closed-state successes and writes them within 200 ms.
+        time.sleep(0.3)
         s.fault("primary", "500")
         seen = [provider_of(s.post()) for _ in range(4)]
         # 3 failures of 6 requests reach the 0.5 threshold.

@@ -27,7 +27,7 @@ impl RootContext for Root {
             Ok(cfg) => {
                 metrics::define_all();
                 shared::reset_pending();
-                let _ = proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_secs(1));
+                let _ = proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_millis(200));
                 metrics::report_memory();
                 for p in &cfg.providers {
                     shared::init(&p.state_key, &cfg.breaker);

@@ -42,4 +42,5 @@ Breaker transitions are logged by Envoy below. Ctrl-C stops everything.
 
 MSG
 
-"$ENVOY" -c envoy/demo.yaml --concurrency 2 --use-dynamic-base-id --log-level warn --component-log-level wasm:info
+"$ENVOY" -c envoy/demo.yaml --concurrency 2 --use-dynamic-base-id --log-level warn --component-log-level wasm:info \
+  --file-flush-interval-msec 1000

@@ -6,8 +6,9 @@
 //!   degraded answers.
 //! - [`classify`], [`breaker`], [`providers`]: outcome classes; the breaker state machine;
 //!   per-API stream knowledge.
-//! - [`sse`], [`window`], [`request_peek`]: incremental SSE parsing; the rolling bucket window;
-//!   a streaming look at the request body's `model` and `stream`.
+//! - [`sse`], [`window`], [`request_peek`], [`usage`]: incremental SSE parsing; the rolling
+//!   bucket window; streaming looks at the request's `model`/`stream` and the answer's tokens.
+//! - [`telemetry`]: stat names and the per-request record behind stats and access-log fields.
 
 pub mod breaker;
 pub mod classify;
@@ -17,6 +18,8 @@ pub mod plan;
 pub mod providers;
 pub mod request_peek;
 pub mod sse;
+pub mod telemetry;
+pub mod usage;
 pub mod window;
 
 #[cfg(target_arch = "wasm32")]

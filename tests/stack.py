@@ -114,7 +114,8 @@ class Envoy:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
-             "--use-dynamic-base-id", "--log-level", "warn", "--component-log-level", "wasm:debug"],
+             "--use-dynamic-base-id", "--log-level", "warn", "--component-log-level", "wasm:debug",
+             "--file-flush-interval-msec", "200"],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.time() + timeout

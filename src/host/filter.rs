@@ -4,14 +4,16 @@
 //! outcome in the provider's shared window and breaker when the stream is done.
 
 use super::props::{property_string, property_u64, response_header, set_request_header, set_response_header};
-use super::{metrics, now_ms, random_u32, shared};
-use crate::breaker::{Admission, Change, Peek};
+use super::{metrics, now_us, random_u32, shared};
+use crate::breaker::{Admission, Change, Peek, State};
 use crate::classify::{classify_end, classify_headers, Health, Outcome, StreamVerdict};
 use crate::config::Config;
 use crate::degraded::{degraded_response, DegradedReason};
 use crate::plan::{self, Choice};
 use crate::providers::StreamMonitor;
 use crate::request_peek::RequestPeek;
+use crate::telemetry::{self, RequestRecord};
+use crate::usage::UsageScanner;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -28,7 +30,12 @@ pub struct Filter {
     local_reply: bool,
     headers_outcome: Option<Outcome>,
     monitor: Option<StreamMonitor>,
+    /// Token counts of a 2xx answer (JSON or stream).
+    usage: Option<UsageScanner>,
     body_ended: bool,
+    start_us: u64,
+    first_byte_us: Option<u64>,
+    record: RequestRecord,
 }
 
 impl Filter {
@@ -42,7 +49,11 @@ impl Filter {
             local_reply: false,
             headers_outcome: None,
             monitor: None,
+            usage: None,
             body_ended: false,
+            start_us: 0,
+            first_byte_us: None,
+            record: RequestRecord::default(),
         }
     }
 
@@ -86,6 +97,8 @@ impl Filter {
         let resp = degraded_response(&cfg.degraded, api, model.as_deref(), self.peek.stream(), reason, id);
         let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.local_reply = true;
+        self.record.degraded_reason = Some(reason.as_str());
+        metrics::counter(telemetry::degraded(reason.as_str()), 1);
         log::debug!("degraded answer ({})", reason.as_str());
         let _ = hostcalls::send_http_response(resp.status, headers, Some(&resp.body));
     }
@@ -97,7 +110,20 @@ fn clear_route_cache() {
     }
 }
 
+fn state_value(s: State) -> i64 {
+    match s {
+        State::Closed => 0,
+        State::Open => 1,
+        State::HalfOpen => 2,
+    }
+}
+
+/// Logs a change once (by the worker that made it) and moves the breaker stats with it.
 fn log_change(provider: &str, change: &Change) {
+    if let Change::Transition { from, to, .. } = change {
+        metrics::gauge_add(telemetry::breaker_state(provider), state_value(*to) - state_value(*from));
+        metrics::counter(telemetry::breaker_transitions(provider, to.as_str()), 1);
+    }
     match change {
         Change::Transition { from, to, reason, open_ms } => match open_ms {
             Some(ms) => log::info!(
@@ -109,6 +135,47 @@ fn log_change(provider: &str, change: &Change) {
         },
         Change::RateLimited { cooldown_ms } => {
             log::info!("provider {provider} answered 429; skipped for {cooldown_ms} ms")
+        }
+    }
+}
+
+impl Filter {
+    /// Per-request stats and access-log fields of a request that reached a provider.
+    fn emit(&mut self, provider: &str, outcome: Outcome, end_us: u64) {
+        let model_name = self.peek.model();
+        let model = metrics::model_tag(model_name.as_deref());
+        metrics::counter(telemetry::requests(provider, &model), 1);
+        metrics::counter(telemetry::outcomes(provider, &model, outcome), 1);
+        let duration_ms = end_us.saturating_sub(self.start_us) / 1000;
+        metrics::histogram(telemetry::request_duration(provider, &model), duration_ms);
+        let (input, output) = self.usage.as_ref().map_or((None, None), |u| (u.input_tokens(), u.output_tokens()));
+        for (kind, n) in [("input", input), ("output", output)] {
+            if let Some(n) = n {
+                metrics::histogram(telemetry::token_usage(provider, &model, kind), n);
+                metrics::counter(telemetry::tokens(provider, &model, kind), n);
+            }
+        }
+        let ttft_ms = self.first_byte_us.map(|t| t.saturating_sub(self.start_us) / 1000);
+        if let (Some(ttft), Some(first)) = (ttft_ms, self.first_byte_us) {
+            metrics::histogram(telemetry::time_to_first_token(provider, &model), ttft);
+            if let Some(tpot) = telemetry::time_per_output_token_us(first, end_us, output.unwrap_or(0)) {
+                metrics::histogram(telemetry::time_per_output_token(provider, &model), tpot);
+            }
+        }
+        self.record.provider = Some(provider.to_string());
+        self.record.model = model_name;
+        self.record.outcome = Some(outcome.as_str());
+        self.record.input_tokens = input;
+        self.record.output_tokens = output;
+        self.record.ttft_ms = ttft_ms;
+        self.record.duration_ms = Some(duration_ms);
+        self.publish_record();
+    }
+
+    /// The access-log fields, as filter state `wasm.llm_failover.*`.
+    fn publish_record(&self) {
+        for (name, value) in self.record.fields() {
+            let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
         }
     }
 }
@@ -134,9 +201,12 @@ impl HttpContext for Filter {
         let Some(chain) = cfg.chains.get(chain_idx) else { return Action::Continue };
         self.chain = Some(chain_idx);
 
-        let now = now_ms();
+        self.start_us = now_us();
+        let now = self.start_us / 1000;
         let plan = plan::choose(chain, |p| Self::admit(&cfg, p, now));
+        self.record.attempts = u32::try_from(plan.skipped.len()).unwrap_or(u32::MAX).saturating_add(1);
         let Some(choice) = plan.choice else {
+            self.record.attempts -= 1;
             if end_of_stream {
                 self.send_degraded(&cfg, DegradedReason::NoProviderAvailable);
             } else {
@@ -158,6 +228,13 @@ impl HttpContext for Filter {
         set_request_header(&cfg.route_header, Some(edits.cluster));
         clear_route_cache();
         self.choice = Some(choice);
+        if choice.position > 0 {
+            let first = chain.providers.first().and_then(|&p| cfg.providers.get(p));
+            let to = cfg.providers.get(choice.provider);
+            if let (Some(from), Some(to)) = (first, to) {
+                metrics::counter(telemetry::failovers(&from.name, &to.name), 1);
+            }
+        }
         Action::Continue
     }
 
@@ -211,10 +288,11 @@ impl HttpContext for Filter {
             return Action::Pause;
         }
         set_response_header("x-llm-provider", Some(&provider.name));
-        if outcome == Outcome::Success
-            && response_header("content-type").is_some_and(|ct| ct.starts_with("text/event-stream"))
-        {
-            self.monitor = Some(StreamMonitor::new(provider.api));
+        if outcome == Outcome::Success {
+            self.usage = Some(UsageScanner::new());
+            if response_header("content-type").is_some_and(|ct| ct.starts_with("text/event-stream")) {
+                self.monitor = Some(StreamMonitor::new(provider.api));
+            }
         }
         self.body_ended = end_of_stream;
         Action::Continue
@@ -224,10 +302,16 @@ impl HttpContext for Filter {
         if self.local_reply || self.choice.is_none() {
             return Action::Continue;
         }
-        if let Some(m) = self.monitor.as_mut() {
-            if body_size > 0 {
-                if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+        if body_size > 0 && (self.usage.is_some() || self.monitor.is_some()) {
+            if self.monitor.is_some() && self.first_byte_us.is_none() {
+                self.first_byte_us = Some(now_us());
+            }
+            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+                if let Some(m) = self.monitor.as_mut() {
                     m.feed(&chunk);
+                }
+                if let Some(u) = self.usage.as_mut() {
+                    u.feed(&chunk);
                 }
             }
         }
@@ -250,8 +334,10 @@ impl HttpContext for Filter {
         let outcome = classify_end(from_headers, verdict, body_ended, flags);
         let health = outcome.health(s.default_retry_after_ms, s.max_retry_after_ms);
         log::debug!("{} -> {} (probe {})", provider.name, outcome.as_str(), choice.probe);
+        let end_us = now_us();
+        self.emit(&provider.name, outcome, end_us);
         metrics::report_memory();
-        let now = now_ms();
+        let now = end_us / 1000;
         if health == Health::Success && !choice.probe {
             // Admitted by a closed breaker: only the window's count changes; batch it.
             if let Some(n) = shared::batch_success(choice.provider, now, cfg.success_flush_ms()) {

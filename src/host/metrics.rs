@@ -1,61 +1,87 @@
 //! Envoy stats defined by the filter (under `wasmcustom.` in /stats; Prometheus drops that
-//! prefix). Defined once per VM at configure time; every worker's VM defines the same names and
-//! so shares the same counters. Gauges are only ever moved with increments, never set, because
-//! a set from one worker would overwrite another's share.
+//! prefix). Names come from `telemetry`; each is defined on first use in this VM and kept in a
+//! small map. Every worker's VM defines the same names and so shares the same stats: counters
+//! and histograms aggregate across workers, and gauges are only ever moved with increments,
+//! never set, because a set from one worker would overwrite another's share.
 
+use crate::telemetry;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
-#[derive(Clone, Copy, Default)]
-struct Ids {
-    cas_updates: u32,
-    cas_retries: u32,
-    cas_exhausted: u32,
-    wasm_memory_bytes: u32,
-}
+const NONE: u32 = u32::MAX;
 
 thread_local! {
-    static IDS: Cell<Option<Ids>> = const { Cell::new(None) };
+    static IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    /// Model tags this VM has handed out (bounded by telemetry::MAX_MODELS).
+    static MODELS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// This VM's share of the memory gauge, to add only the growth.
     static MEMORY_REPORTED: Cell<u64> = const { Cell::new(0) };
 }
 
-fn define(kind: MetricType, name: &str) -> u32 {
-    hostcalls::define_metric(kind, name).unwrap_or(u32::MAX)
-}
-
-/// Defines the metrics of this VM (idempotent: Envoy returns the same stat for the same name).
-pub fn define_all() {
-    if IDS.with(|c| c.get()).is_some() {
-        return;
-    }
-    let ids = Ids {
-        cas_updates: define(MetricType::Counter, "llm_failover.shared_data.updates"),
-        cas_retries: define(MetricType::Counter, "llm_failover.shared_data.cas_retries"),
-        cas_exhausted: define(MetricType::Counter, "llm_failover.shared_data.cas_exhausted"),
-        wasm_memory_bytes: define(MetricType::Gauge, "llm_failover.wasm_memory_bytes"),
-    };
-    IDS.with(|c| c.set(Some(ids)));
-}
-
-fn add(pick: impl Fn(&Ids) -> u32, n: i64) {
-    if let Some(ids) = IDS.with(|c| c.get()) {
-        let id = pick(&ids);
-        if id != u32::MAX && n != 0 {
-            let _ = hostcalls::increment_metric(id, n);
+fn id(kind: MetricType, name: String) -> u32 {
+    IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if let Some(&id) = ids.get(&name) {
+            return id;
         }
+        let id = hostcalls::define_metric(kind, &name).unwrap_or(NONE);
+        ids.insert(name, id);
+        id
+    })
+}
+
+pub fn counter(name: String, n: u64) {
+    let id = id(MetricType::Counter, name);
+    if id != NONE && n > 0 {
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
     }
+}
+
+pub fn gauge_add(name: String, delta: i64) {
+    let id = id(MetricType::Gauge, name);
+    if id != NONE && delta != 0 {
+        let _ = hostcalls::increment_metric(id, delta);
+    }
+}
+
+pub fn histogram(name: String, value: u64) {
+    let id = id(MetricType::Histogram, name);
+    if id != NONE {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+/// The model's stat tag: sanitized, and `other` once this VM has seen MAX_MODELS names.
+pub fn model_tag(model: Option<&str>) -> String {
+    let tag = telemetry::sanitize_model(model);
+    MODELS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.contains(&tag) {
+            tag
+        } else if m.len() < telemetry::MAX_MODELS {
+            m.push(tag.clone());
+            tag
+        } else {
+            "other".to_string()
+        }
+    })
+}
+
+/// Defines the stats every provider has from the start (so dashboards show zeros, not gaps).
+pub fn define_provider(provider: &str) {
+    gauge_add(telemetry::breaker_state(provider), 0);
 }
 
 /// One shared-data write that landed, after `retries` lost races; or one given up.
 pub fn shared_update(retries: u32, exhausted: bool) {
     if exhausted {
-        add(|i| i.cas_exhausted, 1);
+        counter("llm_failover.shared_data.cas_exhausted".to_string(), 1);
     } else {
-        add(|i| i.cas_updates, 1);
+        counter("llm_failover.shared_data.updates".to_string(), 1);
     }
-    add(|i| i.cas_retries, i64::from(retries));
+    counter("llm_failover.shared_data.cas_retries".to_string(), u64::from(retries));
 }
 
 /// Adds this VM's linear-memory growth since the last report to the memory gauge.
@@ -66,6 +92,6 @@ pub fn report_memory() {
     let now = 0u64;
     let before = MEMORY_REPORTED.with(|c| c.replace(now));
     if now > before {
-        add(|i| i.wasm_memory_bytes, i64::try_from(now - before).unwrap_or(0));
+        gauge_add("llm_failover.wasm_memory_bytes".to_string(), i64::try_from(now - before).unwrap_or(0));
     }
 }

@@ -16,13 +16,18 @@ pub fn start() {
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::default()) });
 }
 
-/// Milliseconds since the Unix epoch, from the host clock.
-pub fn now_ms() -> u64 {
+/// Microseconds since the Unix epoch, from the host clock.
+pub fn now_us() -> u64 {
     proxy_wasm::hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, from the host clock.
+pub fn now_ms() -> u64 {
+    now_us() / 1000
 }
 
 /// A random u32 from WASI `random_get`; a fixed midpoint if the host cannot give one.

@@ -25,12 +25,12 @@ impl RootContext for Root {
         };
         match config::parse(&bytes, |k| std::env::var(k).ok()) {
             Ok(cfg) => {
-                metrics::define_all();
                 shared::reset_pending();
                 let _ = proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_millis(200));
                 metrics::report_memory();
                 for p in &cfg.providers {
                     shared::init(&p.state_key, &cfg.breaker);
+                    metrics::define_provider(&p.name);
                 }
                 log::info!(
                     "configured {} providers, {} chains, routing header {}",

@@ -1,0 +1,176 @@
+//! Names of the filter's Envoy stats and the per-request record behind them and the access-log
+//! fields. Tags are name segments at the end of a stat name (`.provider.<p>.model.<m>` ...), in
+//! a fixed order, which the `stats_config.stats_tags` rules shipped in `envoy/` turn into
+//! Prometheus labels; the OpenTelemetry GenAI metric names are kept
+//! (`gen_ai.client.token.usage`, `gen_ai.server.time_to_first_token`, ...).
+//!
+//! Clients choose model names, so a model name becomes a tag only after [`sanitize_model`] and
+//! within a per-VM budget; the host maps the rest to `other` so stats cannot grow without bound.
+
+use crate::classify::Outcome;
+
+/// Distinct model names a VM turns into stats before it reports `other`.
+pub const MAX_MODELS: usize = 32;
+
+/// A model name as a stat tag: `[A-Za-z0-9_-]`, other bytes as `_`, at most 64 bytes;
+/// `unknown` when absent.
+pub fn sanitize_model(model: Option<&str>) -> String {
+    match model {
+        None | Some("") => "unknown".to_string(),
+        Some(m) => m
+            .bytes()
+            .take(64)
+            .map(|b| if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' { b as char } else { '_' })
+            .collect(),
+    }
+}
+
+fn pm(provider: &str, model: &str) -> String {
+    format!("provider.{provider}.model.{model}")
+}
+
+pub fn requests(provider: &str, model: &str) -> String {
+    format!("llm_failover.requests.{}", pm(provider, model))
+}
+
+pub fn outcomes(provider: &str, model: &str, outcome: Outcome) -> String {
+    format!("llm_failover.outcomes.class.{}.{}", outcome.as_str(), pm(provider, model))
+}
+
+pub fn failovers(from: &str, to: &str) -> String {
+    format!("llm_failover.failovers.from.{from}.to.{to}")
+}
+
+pub fn degraded(reason: &str) -> String {
+    format!("llm_failover.degraded.reason.{reason}")
+}
+
+pub fn breaker_state(provider: &str) -> String {
+    format!("llm_failover.breaker_state.provider.{provider}")
+}
+
+pub fn breaker_transitions(provider: &str, to_state: &str) -> String {
+    format!("llm_failover.breaker_transitions.state.{to_state}.provider.{provider}")
+}
+
+/// Exact token totals (the OpenTelemetry histogram's sum is approximate in Envoy).
+pub fn tokens(provider: &str, model: &str, token_type: &str) -> String {
+    format!("llm_failover.tokens.token_type.{token_type}.{}", pm(provider, model))
+}
+
+pub fn token_usage(provider: &str, model: &str, token_type: &str) -> String {
+    format!("gen_ai.client.token.usage.token_type.{token_type}.{}", pm(provider, model))
+}
+
+pub fn time_to_first_token(provider: &str, model: &str) -> String {
+    format!("gen_ai.server.time_to_first_token.{}", pm(provider, model))
+}
+
+pub fn request_duration(provider: &str, model: &str) -> String {
+    format!("gen_ai.server.request.duration.{}", pm(provider, model))
+}
+
+pub fn time_per_output_token(provider: &str, model: &str) -> String {
+    format!("gen_ai.server.time_per_output_token.{}", pm(provider, model))
+}
+
+/// What one request did, for stats and the access log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// Providers of the chain considered (skipped ones plus the one chosen).
+    pub attempts: u32,
+    pub outcome: Option<&'static str>,
+    pub degraded_reason: Option<&'static str>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub ttft_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+}
+
+impl RequestRecord {
+    /// The access-log fields as (filter-state name, value); absent values are left out.
+    /// Envoy's access log reads them as `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(9);
+        let mut put = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        };
+        put("llm_failover.provider", self.provider.clone());
+        put("llm_failover.model", self.model.clone());
+        put("llm_failover.attempts", (self.attempts > 0).then(|| self.attempts.to_string()));
+        put("llm_failover.outcome", self.outcome.map(str::to_string));
+        put("llm_failover.degraded_reason", self.degraded_reason.map(str::to_string));
+        put("llm_failover.input_tokens", self.input_tokens.map(|v| v.to_string()));
+        put("llm_failover.output_tokens", self.output_tokens.map(|v| v.to_string()));
+        put("llm_failover.ttft_ms", self.ttft_ms.map(|v| v.to_string()));
+        put("llm_failover.duration_ms", self.duration_ms.map(|v| v.to_string()));
+        out
+    }
+}
+
+/// Time per output token (µs), OpenTelemetry's definition: the time after the first token
+/// divided by the tokens after the first.
+pub fn time_per_output_token_us(first_token_us: u64, end_us: u64, output_tokens: u64) -> Option<u64> {
+    (output_tokens > 1 && end_us >= first_token_us).then(|| (end_us - first_token_us) / (output_tokens - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_end_with_tags_in_a_fixed_order() {
+        assert_eq!(
+            requests("primary", "claude-opus-4-6"),
+            "llm_failover.requests.provider.primary.model.claude-opus-4-6"
+        );
+        assert_eq!(
+            outcomes("p", "m", Outcome::Overloaded),
+            "llm_failover.outcomes.class.overloaded.provider.p.model.m"
+        );
+        assert_eq!(token_usage("p", "m", "input"), "gen_ai.client.token.usage.token_type.input.provider.p.model.m");
+        assert_eq!(failovers("a", "b"), "llm_failover.failovers.from.a.to.b");
+        assert_eq!(breaker_transitions("a", "open"), "llm_failover.breaker_transitions.state.open.provider.a");
+    }
+
+    #[test]
+    fn model_names_are_safe_tags() {
+        assert_eq!(sanitize_model(Some("us.anthropic.claude-opus-4-6-v1:0")), "us_anthropic_claude-opus-4-6-v1_0");
+        assert_eq!(sanitize_model(Some("claude-opus-4-6@20250514")), "claude-opus-4-6_20250514");
+        assert_eq!(sanitize_model(None), "unknown");
+        assert_eq!(sanitize_model(Some(&"x".repeat(500))).len(), 64);
+        assert_eq!(sanitize_model(Some("a.b\n{}")), "a_b___");
+    }
+
+    #[test]
+    fn record_fields_skip_what_is_unknown() {
+        let r = RequestRecord {
+            provider: Some("fallback".into()),
+            attempts: 2,
+            outcome: Some("success"),
+            output_tokens: Some(5),
+            ..Default::default()
+        };
+        let f = r.fields();
+        assert_eq!(
+            f,
+            vec![
+                ("llm_failover.provider", "fallback".to_string()),
+                ("llm_failover.attempts", "2".to_string()),
+                ("llm_failover.outcome", "success".to_string()),
+                ("llm_failover.output_tokens", "5".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn time_per_output_token() {
+        assert_eq!(time_per_output_token_us(1_000, 11_000, 11), Some(1_000));
+        assert_eq!(time_per_output_token_us(1_000, 11_000, 1), None);
+        assert_eq!(time_per_output_token_us(5_000, 1_000, 10), None);
+    }
+}

@@ -116,6 +116,18 @@ def test_access_log_fields(stack):
     assert rerouted["upstream_cluster"] == "anthropic_fallback"
 
 
+def test_access_log_of_a_degraded_answer_without_any_provider(stack):
+    stack.fault("primary", "529")
+    stack.fault("fallback", "529")
+    for _ in range(12):
+        stack.post()
+    time.sleep(0.5)
+    lines = [json.loads(line) for line in stack.envoy.log().splitlines() if line.startswith("{")]
+    last = lines[-1]
+    assert last["llm_degraded_reason"] == "no_provider_available"
+    assert last["llm_provider"] is None and last["llm_attempts"] == "2" and last["llm_model"] == MODEL
+
+
 def test_client_chosen_model_names_cannot_blow_up_the_stats(stack):
     for i in range(40):
         stack.post({**MESSAGE_BODY, "model": f"model-{i}.x"}, new_connection=False)

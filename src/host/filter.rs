@@ -322,7 +322,15 @@ impl HttpContext for Filter {
     }
 
     fn on_log(&mut self) {
-        let (Some(cfg), Some(choice)) = (self.cfg.clone(), self.choice) else { return };
+        let Some(cfg) = self.cfg.clone() else { return };
+        let Some(choice) = self.choice else {
+            // Answered degraded before any provider was tried: only the access-log fields.
+            if self.record.degraded_reason.is_some() {
+                self.record.model = self.peek.model();
+                self.publish_record();
+            }
+            return;
+        };
         let Some(provider) = cfg.providers.get(choice.provider) else { return };
         let s = &cfg.breaker;
         // No response headers at all: the client left before anything came back.

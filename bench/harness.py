@@ -214,11 +214,12 @@ class EnvoyUnderTest:
         self.proc.stop()
 
 
-def post(url: str, stream: bool = False) -> tuple[int, dict, bytes]:
+def post(url: str, stream: bool = False, headers: dict | None = None) -> tuple[int, dict, bytes]:
     body = {"model": "claude-opus-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
     if stream:
         body["stream"] = True
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()

@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 export ENVOY
 
-.PHONY: build test test-unit test-e2e test-matrix run lint fmt tools envoy clean bench bench-micro bench-peers wrk
+.PHONY: oci push build test test-unit test-e2e test-matrix run lint fmt tools envoy clean bench bench-micro bench-peers wrk
 
 $(TOOLS)/.wasm-target:
 	@mkdir -p $(TOOLS)
@@ -60,6 +60,16 @@ test-matrix: build tools
 	  echo "== Envoy $$v: $$($$bin --version | grep -o '[0-9a-f]*/[0-9.]*/[A-Za-z]*/RELEASE' | head -1)"; \
 	  ENVOY=$$bin $(PY) -m pytest tests -k "not test_mock_provider" $(PYTEST_ARGS); \
 	done
+
+## oci: the module as a Wasm OCI artifact (target/oci/llm-failover/ + .tar); prints the WasmPlugin sha256
+oci: build
+	python3 scripts/oci.py
+
+## push: make push REGISTRY=registry.example.com/platform [TAG=0.1.0]  (needs oras, crane or skopeo)
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+push: build
+	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=registry.example.com/platform [TAG=...]"; exit 2; }
+	python3 scripts/oci.py --push $(REGISTRY)/llm-failover:$(TAG)
 
 ## run: build and start the local demo (mocks on :18101/:18102, Envoy on :10000, admin :9901)
 run: build tools

@@ -73,7 +73,7 @@ fn window_update(c: &mut Criterion) {
     g.bench_function("update: decode + record 40 batched successes + encode", |b| {
         b.iter(|| {
             let mut st = ProviderState::decode(black_box(&bytes), &s);
-            st.record_successes(NOW + 5_000, 40);
+            st.record_successes(NOW + 5_000, 40, NOW + 5_000);
             st.encode()
         })
     });

@@ -122,8 +122,8 @@ pub enum Peek {
     Reject(Rejection),
 }
 
-const VERSION: u8 = 1;
-const HEADER_BYTES: usize = 34;
+const VERSION: u8 = 2;
+const HEADER_BYTES: usize = 42;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderState {
@@ -137,6 +137,9 @@ pub struct ProviderState {
     /// After this, probe slots still held are taken as abandoned.
     pub probe_deadline_ms: u64,
     pub rate_limited_until_ms: u64,
+    /// When the last failure was recorded: a batch of successes older than that must not
+    /// reset the consecutive-failure count.
+    pub last_failure_ms: u64,
     pub window: Window,
 }
 
@@ -151,6 +154,7 @@ impl ProviderState {
             open_until_ms: 0,
             probe_deadline_ms: 0,
             rate_limited_until_ms: 0,
+            last_failure_ms: 0,
             window: Window::new(s.window_ms, s.buckets),
         }
     }
@@ -163,6 +167,7 @@ impl ProviderState {
             open_until_ms: self.open_until_ms,
             probe_deadline_ms: self.probe_deadline_ms,
             rate_limited_until_ms: self.rate_limited_until_ms,
+            last_failure_ms: self.last_failure_ms,
         }
         .peek(now_ms, s)
     }
@@ -177,11 +182,15 @@ impl ProviderState {
         }
     }
 
-    /// Records `n` successes at once (a worker's batch of closed-state successes).
-    pub fn record_successes(&mut self, now_ms: u64, n: u32) {
+    /// Records `n` successes at once (a worker's batch of closed-state successes), the latest
+    /// of which happened at `latest_ms`. They end a run of consecutive failures only if they
+    /// came after the last failure (another worker may flush a batch late).
+    pub fn record_successes(&mut self, now_ms: u64, n: u32, latest_ms: u64) {
         if n > 0 {
             self.window.record_n(now_ms, true, n);
-            self.consecutive_failures = 0;
+            if latest_ms > self.last_failure_ms {
+                self.consecutive_failures = 0;
+            }
         }
     }
 
@@ -275,6 +284,7 @@ impl ProviderState {
             }
             Health::Failure => {
                 self.window.record(now_ms, false);
+                self.last_failure_ms = self.last_failure_ms.max(now_ms);
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 match self.state {
                     State::Closed => {
@@ -319,7 +329,8 @@ impl ProviderState {
     }
 
     /// Binary form: version, state, trips, 0, consecutive (u16), probes (u16), probe successes
-    /// (u16), open_until, probe_deadline, rate_limited_until (u64 each), then the window.
+    /// (u16), open_until, probe_deadline, rate_limited_until, last_failure (u64 each), then the
+    /// window.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_BYTES + self.window.encoded_len());
         out.extend_from_slice(&[VERSION, self.state.to_u8(), self.trips, 0]);
@@ -329,6 +340,7 @@ impl ProviderState {
         out.extend_from_slice(&self.open_until_ms.to_le_bytes());
         out.extend_from_slice(&self.probe_deadline_ms.to_le_bytes());
         out.extend_from_slice(&self.rate_limited_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.last_failure_ms.to_le_bytes());
         self.window.encode(&mut out);
         out
     }
@@ -355,6 +367,7 @@ impl ProviderState {
             open_until_ms: head.open_until_ms,
             probe_deadline_ms: head.probe_deadline_ms,
             rate_limited_until_ms: head.rate_limited_until_ms,
+            last_failure_ms: head.last_failure_ms,
             window,
         })
     }
@@ -367,6 +380,7 @@ struct Head {
     open_until_ms: u64,
     probe_deadline_ms: u64,
     rate_limited_until_ms: u64,
+    last_failure_ms: u64,
 }
 
 impl Head {
@@ -383,7 +397,10 @@ impl Head {
         let (open_until_ms, rest) = take_u64(rest)?;
         let (probe_deadline_ms, rest) = take_u64(rest)?;
         let (rate_limited_until_ms, rest) = take_u64(rest)?;
-        Some((Head { state, probes_in_flight, open_until_ms, probe_deadline_ms, rate_limited_until_ms }, rest))
+        let (last_failure_ms, rest) = take_u64(rest)?;
+        let head =
+            Head { state, probes_in_flight, open_until_ms, probe_deadline_ms, rate_limited_until_ms, last_failure_ms };
+        Some((head, rest))
     }
 
     fn peek(&self, now_ms: u64, s: &BreakerSettings) -> Peek {
@@ -667,9 +684,25 @@ mod tests {
         let mut p = ProviderState::new(&s);
         p.record(T, Health::Failure, false, &s, HALF);
         p.record(T, Health::Failure, false, &s, HALF);
-        p.record_successes(T, 40);
-        assert_eq!(p.window.totals(T), (40, 2));
-        assert_eq!(p.record(T, Health::Failure, false, &s, HALF), None);
+        p.record_successes(T + 1, 40, T + 1);
+        assert_eq!(p.window.totals(T + 1), (40, 2));
+        assert_eq!(p.record(T + 2, Health::Failure, false, &s, HALF), None);
+        assert_eq!(p.consecutive_failures, 1);
+    }
+
+    #[test]
+    fn a_late_batch_of_older_successes_does_not_break_a_failure_run() {
+        let s = settings();
+        let mut p = ProviderState::new(&s);
+        p.record(T + 10, Health::Failure, false, &s, HALF);
+        p.record(T + 20, Health::Failure, false, &s, HALF);
+        // Another worker flushes successes that happened before those failures.
+        p.record_successes(T + 30, 5, T + 5);
+        assert_eq!(p.consecutive_failures, 2);
+        assert!(matches!(
+            p.record(T + 40, Health::Failure, false, &s, HALF),
+            Some(Change::Transition { to: State::Open, .. })
+        ));
     }
 
     #[test]
@@ -681,7 +714,7 @@ mod tests {
         }
         p.record(T, Health::RateLimited { cooldown_ms: 5 }, false, &s, HALF);
         let bytes = p.encode();
-        assert_eq!(bytes.len(), 34 + 6 + 10 * 12);
+        assert_eq!(bytes.len(), 42 + 6 + 10 * 12);
         assert_eq!(ProviderState::decode(&bytes, &s), p);
     }
 

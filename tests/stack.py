@@ -64,6 +64,7 @@ def build_envoy_config(
     env: dict[str, str] | None = None,
     route_timeout: str = "5s",
     idle_timeout: str = "3s",
+    allow_stop_iteration: bool = True,
 ) -> dict:
     cfg = yaml.safe_load(DEMO.read_text())
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -71,6 +72,8 @@ def build_envoy_config(
     wasm = _wasm_filter(cfg)["typed_config"]["config"]
     wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
     wasm["configuration"]["value"] = json.dumps(filter_config)
+    # Istio's WasmPlugin cannot set this flag: tests run both ways.
+    wasm["allow_on_headers_stop_iteration"] = allow_stop_iteration
     if env is not None:
         wasm["vm_config"]["environment_variables"] = {"key_values": env}
     route = _route(cfg)

@@ -5,6 +5,7 @@ import time
 
 from conftest import fast_breaker
 from stack import MESSAGE_BODY, Stack, sse_events
+from test_e2e_breaker import provider_of
 
 NOTICE = "Advanced AI features are temporarily offline; please try again shortly."
 
@@ -81,3 +82,30 @@ def test_degraded_payload_never_carries_upstream_text_or_secrets(stack):
     r = stack.post(headers={"x-api-key": "sk-secret-zzz"})
     assert "upstream unavailable" not in r.text
     assert "sk-secret-zzz" not in r.text and "demo-fallback-key" not in r.text
+
+
+def test_without_allow_on_headers_stop_iteration_as_under_istio_wasmplugin():
+    # Istio's WasmPlugin and TrafficExtension cannot set allow_on_headers_stop_iteration. Envoy
+    # then passes a held request's body to the filter only if it came with the headers; if not,
+    # the filter's tick answers with the error form (503 + Retry-After + overloaded_error), which
+    # is right for streams and non-streams alike. Either way: at once, well-formed, no hang.
+    with Stack(fast_breaker(open_ms=20000, max_open_ms=40000), allow_stop_iteration=False) as s:
+        s.fault("primary", "529")
+        assert [provider_of(s.post()) for _ in range(4)] == ["degraded"] * 3 + ["fallback"]
+        s.fault("fallback", "500")
+        for _ in range(3):
+            s.post()
+        for body in (MESSAGE_BODY, {**MESSAGE_BODY, "stream": True}):
+            t0 = time.monotonic()
+            r = s.post(body)
+            assert time.monotonic() - t0 < 1.0
+            assert r.headers["x-llm-degraded"] == "true"
+            assert r.headers["x-llm-degraded-reason"] == "no_provider_available"
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "30"
+                assert r.json()["error"]["type"] == "overloaded_error"
+            elif body.get("stream"):
+                assert [e for e, _ in sse_events(r.text)][-1] == "message_stop"
+            else:
+                assert r.status_code == 200 and r.json()["type"] == "message"
+        assert s.wasm_failures() == []

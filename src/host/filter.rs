@@ -4,10 +4,10 @@
 //! outcome in the provider's shared window and breaker when the stream is done.
 
 use super::props::{property_string, property_u64, response_header, set_request_header, set_response_header};
-use super::{metrics, now_us, random_u32, shared};
+use super::{metrics, now_us, random_u32, shared, waiting};
 use crate::breaker::{Admission, Change, Peek, State};
 use crate::classify::{classify_end, classify_headers, Health, Outcome, StreamVerdict};
-use crate::config::Config;
+use crate::config::{Config, DegradedMode};
 use crate::degraded::{degraded_response, DegradedReason};
 use crate::plan::{self, Choice};
 use crate::providers::StreamMonitor;
@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 pub struct Filter {
     cfg: Option<Rc<Config>>,
+    context_id: u32,
     chain: Option<usize>,
     choice: Option<Choice>,
     peek: RequestPeek,
@@ -39,9 +40,10 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn new(cfg: Option<Rc<Config>>) -> Self {
+    pub fn new(cfg: Option<Rc<Config>>, context_id: u32) -> Self {
         Filter {
             cfg,
+            context_id,
             chain: None,
             choice: None,
             peek: RequestPeek::new(),
@@ -84,14 +86,18 @@ impl Filter {
         }
     }
 
-    fn send_degraded(&mut self, cfg: &Config, reason: DegradedReason) {
-        let api = self
-            .chain
+    /// The API the client speaks: that of the chain's first provider.
+    fn client_api(&self, cfg: &Config) -> crate::config::Api {
+        self.chain
             .and_then(|c| cfg.chains.get(c))
             .and_then(|c| c.providers.first())
             .and_then(|&p| cfg.providers.get(p))
             .map(|p| p.api)
-            .unwrap_or(crate::config::Api::Anthropic);
+            .unwrap_or(crate::config::Api::Anthropic)
+    }
+
+    fn send_degraded(&mut self, cfg: &Config, reason: DegradedReason) {
+        let api = self.client_api(cfg);
         let id = (u64::from(random_u32()) << 32) | u64::from(random_u32());
         let model = self.peek.model();
         let resp = degraded_response(&cfg.degraded, api, model.as_deref(), self.peek.stream(), reason, id);
@@ -207,10 +213,12 @@ impl HttpContext for Filter {
         self.record.attempts = u32::try_from(plan.skipped.len()).unwrap_or(u32::MAX).saturating_add(1);
         let Some(choice) = plan.choice else {
             self.record.attempts -= 1;
-            if end_of_stream {
+            // An error-mode answer is the same for streams; a message needs the body's `stream`.
+            if end_of_stream || cfg.degraded.mode == DegradedMode::Error {
                 self.send_degraded(&cfg, DegradedReason::NoProviderAvailable);
             } else {
                 self.degraded_pending = true;
+                waiting::hold(self.context_id, now, self.client_api(&cfg));
             }
             return Action::Pause;
         };
@@ -243,6 +251,7 @@ impl HttpContext for Filter {
             return Action::Continue;
         }
         if self.degraded_pending {
+            waiting::release(self.context_id);
             // Envoy buffers the body while we pause; read it whole at the end.
             if !end_of_stream {
                 return Action::Pause;
@@ -322,6 +331,7 @@ impl HttpContext for Filter {
     }
 
     fn on_log(&mut self) {
+        waiting::release(self.context_id);
         let Some(cfg) = self.cfg.clone() else { return };
         let Some(choice) = self.choice else {
             // Answered degraded before any provider was tried: only the access-log fields.
@@ -348,8 +358,8 @@ impl HttpContext for Filter {
         let now = end_us / 1000;
         if health == Health::Success && !choice.probe {
             // Admitted by a closed breaker: only the window's count changes; batch it.
-            if let Some(n) = shared::batch_success(choice.provider, now, cfg.success_flush_ms()) {
-                shared::flush_successes(choice.provider, &provider.state_key, s, now, n);
+            if let Some(batch) = shared::batch_success(choice.provider, now, cfg.success_flush_ms()) {
+                shared::flush_successes(choice.provider, &provider.state_key, s, now, batch);
             }
             return;
         }
@@ -359,7 +369,7 @@ impl HttpContext for Filter {
         let random = random_u32();
         let pending = shared::take_pending(choice.provider);
         let change = shared::update(&provider.state_key, s, |st| {
-            st.record_successes(now, pending);
+            st.record_successes(now, pending.count, pending.last_ms);
             (st.record(now, health, choice.probe, s, random), true)
         });
         match change {

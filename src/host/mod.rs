@@ -7,6 +7,7 @@ mod metrics;
 mod props;
 mod root;
 mod shared;
+mod waiting;
 
 use proxy_wasm::types::LogLevel;
 

@@ -9,6 +9,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 use std::rc::Rc;
 
+/// Tick of every VM: flushes batched successes and resumes requests held for a degraded answer.
+const TICK_MS: u64 = 100;
+
 #[derive(Default)]
 pub struct Root {
     config: Option<Rc<Config>>,
@@ -26,7 +29,7 @@ impl RootContext for Root {
         match config::parse(&bytes, |k| std::env::var(k).ok()) {
             Ok(cfg) => {
                 shared::reset_pending();
-                let _ = proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_millis(200));
+                let _ = proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_millis(TICK_MS));
                 metrics::report_memory();
                 for p in &cfg.providers {
                     shared::init(&p.state_key, &cfg.breaker);
@@ -52,14 +55,15 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(cfg) = self.config.as_deref() else { return };
         let now = super::now_ms();
+        super::waiting::answer_overdue(now, &cfg.degraded);
         for (idx, p) in cfg.providers.iter().enumerate() {
-            let n = shared::take_pending(idx);
-            shared::flush_successes(idx, &p.state_key, &cfg.breaker, now, n);
+            let batch = shared::take_pending(idx);
+            shared::flush_successes(idx, &p.state_key, &cfg.breaker, now, batch);
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Filter::new(self.config.clone())))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter::new(self.config.clone(), context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -1,11 +1,11 @@
 //! Provider state in proxy-wasm shared data, agreed by all Envoy workers: one small binary
-//! value per provider (breaker + window, 160 bytes) under a prefixed key, read without
+//! value per provider (breaker + window, 168 bytes) under a prefixed key, read without
 //! locking and changed through a bounded compare-and-swap loop.
 //!
 //! Successes of requests admitted by a closed breaker are the bulk of all outcomes and change
 //! nothing but the window's counts, so each worker batches them and writes them at most every
 //! `Config::success_flush_ms` (100 ms), or together with its next failure, or on the next tick
-//! (every 200 ms): another worker's successes reach the shared window within 200 ms.
+//! (every 100 ms): another worker's successes reach the shared window within 100 ms.
 
 use super::metrics;
 use crate::breaker::{Peek, ProviderState};
@@ -18,8 +18,8 @@ use std::cell::RefCell;
 pub const MAX_CAS_ATTEMPTS: usize = 8;
 
 thread_local! {
-    /// Per provider index: (successes not yet written, when the first of them was counted).
-    static PENDING: RefCell<Vec<(u32, u64)>> = const { RefCell::new(Vec::new()) };
+    /// Per provider index: successes not yet written, when the first and the last were counted.
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The admission check of every request: reads the value and decodes only its header.
@@ -30,36 +30,45 @@ pub fn peek(key: &str, now_ms: u64, s: &BreakerSettings) -> Peek {
     }
 }
 
+/// A worker's unwritten closed-state successes of one provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub count: u32,
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
 /// Counts one closed-state success of provider `idx`; returns the batch to write when due.
-pub fn batch_success(idx: usize, now_ms: u64, flush_ms: u64) -> Option<u32> {
+pub fn batch_success(idx: usize, now_ms: u64, flush_ms: u64) -> Option<Pending> {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() <= idx {
-            p.resize(idx + 1, (0, 0));
+            p.resize(idx + 1, Pending::default());
         }
         let slot = p.get_mut(idx)?;
-        if slot.0 == 0 {
-            slot.1 = now_ms;
+        if slot.count == 0 {
+            slot.first_ms = now_ms;
         }
-        slot.0 = slot.0.saturating_add(1);
-        if now_ms.saturating_sub(slot.1) >= flush_ms {
-            Some(std::mem::take(&mut slot.0))
-        } else {
-            None
-        }
+        slot.count = slot.count.saturating_add(1);
+        slot.last_ms = now_ms;
+        (now_ms.saturating_sub(slot.first_ms) >= flush_ms).then(|| std::mem::take(slot))
     })
 }
 
 /// Takes provider `idx`'s unwritten successes (to write them now).
-pub fn take_pending(idx: usize) -> u32 {
-    PENDING.with(|p| p.borrow_mut().get_mut(idx).map_or(0, |slot| std::mem::take(&mut slot.0)))
+pub fn take_pending(idx: usize) -> Pending {
+    PENDING.with(|p| p.borrow_mut().get_mut(idx).map(std::mem::take).unwrap_or_default())
 }
 
 /// Puts back successes whose write was given up.
-pub fn restore_pending(idx: usize, n: u32) {
+pub fn restore_pending(idx: usize, back: Pending) {
     PENDING.with(|p| {
         if let Some(slot) = p.borrow_mut().get_mut(idx) {
-            slot.0 = slot.0.saturating_add(n);
+            if slot.count == 0 {
+                slot.first_ms = back.first_ms;
+            }
+            slot.count = slot.count.saturating_add(back.count);
+            slot.last_ms = slot.last_ms.max(back.last_ms);
         }
     })
 }
@@ -69,10 +78,11 @@ pub fn reset_pending() {
     PENDING.with(|p| p.borrow_mut().clear());
 }
 
-/// Writes `n` batched successes of provider `idx`.
-pub fn flush_successes(idx: usize, key: &str, s: &BreakerSettings, now_ms: u64, n: u32) {
-    if n > 0 && update(key, s, |st| (st.record_successes(now_ms, n), true)).is_none() {
-        restore_pending(idx, n);
+/// Writes a batch of successes of provider `idx`.
+pub fn flush_successes(idx: usize, key: &str, s: &BreakerSettings, now_ms: u64, batch: Pending) {
+    if batch.count > 0 && update(key, s, |st| (st.record_successes(now_ms, batch.count, batch.last_ms), true)).is_none()
+    {
+        restore_pending(idx, batch);
     }
 }
 

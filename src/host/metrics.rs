@@ -4,6 +4,7 @@
 //! and histograms aggregate across workers, and gauges are only ever moved with increments,
 //! never set, because a set from one worker would overwrite another's share.
 
+use crate::classify::Outcome;
 use crate::telemetry;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -12,8 +13,106 @@ use std::collections::HashMap;
 
 const NONE: u32 = u32::MAX;
 
+/// The stats of one (provider, model), defined once per VM.
+#[derive(Clone, Debug)]
+pub struct RequestStats {
+    requests: u32,
+    duration: u32,
+    ttft: u32,
+    tpot: u32,
+    tokens: [u32; 2],
+    usage: [u32; 2],
+    /// Outcome stats, defined on first use: (outcome name, id).
+    outcomes: Vec<(&'static str, u32)>,
+    provider: String,
+    model: String,
+}
+
+impl RequestStats {
+    fn new(provider: &str, model: &str) -> Self {
+        let c = |n| id(MetricType::Counter, n);
+        let h = |n| id(MetricType::Histogram, n);
+        RequestStats {
+            requests: c(telemetry::requests(provider, model)),
+            duration: h(telemetry::request_duration(provider, model)),
+            ttft: h(telemetry::time_to_first_token(provider, model)),
+            tpot: h(telemetry::time_per_output_token(provider, model)),
+            tokens: [c(telemetry::tokens(provider, model, "input")), c(telemetry::tokens(provider, model, "output"))],
+            usage: [
+                h(telemetry::token_usage(provider, model, "input")),
+                h(telemetry::token_usage(provider, model, "output")),
+            ],
+            outcomes: Vec::new(),
+            provider: provider.to_string(),
+            model: model.to_string(),
+        }
+    }
+
+    pub fn request(&mut self, outcome: Outcome) {
+        add(self.requests, 1);
+        let name = outcome.as_str();
+        let id = match self.outcomes.iter().find(|(n, _)| *n == name) {
+            Some(&(_, id)) => id,
+            None => {
+                let id = id(MetricType::Counter, telemetry::outcomes(&self.provider, &self.model, outcome));
+                self.outcomes.push((name, id));
+                id
+            }
+        };
+        add(id, 1);
+    }
+
+    pub fn duration_ms(&self, v: u64) {
+        record(self.duration, v);
+    }
+    pub fn ttft_ms(&self, v: u64) {
+        record(self.ttft, v);
+    }
+    pub fn time_per_output_token_us(&self, v: u64) {
+        record(self.tpot, v);
+    }
+    /// `kind` 0 = input, 1 = output.
+    pub fn tokens(&self, kind: usize, n: u64) {
+        if let (Some(&c), Some(&h)) = (self.tokens.get(kind), self.usage.get(kind)) {
+            add(c, n);
+            record(h, n);
+        }
+    }
+}
+
+fn add(id: u32, n: u64) {
+    if id != NONE && n > 0 {
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+fn record(id: u32, v: u64) {
+    if id != NONE {
+        let _ = hostcalls::record_metric(id, v);
+    }
+}
+
+/// Runs `f` on the stats of (provider, model), defining them on first use.
+pub fn with_request_stats(provider: &str, model: &str, f: impl FnOnce(&mut RequestStats)) {
+    BY_PROVIDER_MODEL.with(|m| {
+        let mut m = m.borrow_mut();
+        let idx = match m.iter().position(|s| s.provider == provider && s.model == model) {
+            Some(i) => i,
+            None => {
+                m.push(RequestStats::new(provider, model));
+                m.len() - 1
+            }
+        };
+        if let Some(stats) = m.get_mut(idx) {
+            f(stats);
+        }
+    });
+}
+
 thread_local! {
     static IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    /// Bounded: providers × (MAX_MODELS + 1).
+    static BY_PROVIDER_MODEL: RefCell<Vec<RequestStats>> = const { RefCell::new(Vec::new()) };
     /// Model tags this VM has handed out (bounded by telemetry::MAX_MODELS).
     static MODELS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// This VM's share of the memory gauge, to add only the growth.
@@ -33,23 +132,13 @@ fn id(kind: MetricType, name: String) -> u32 {
 }
 
 pub fn counter(name: String, n: u64) {
-    let id = id(MetricType::Counter, name);
-    if id != NONE && n > 0 {
-        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
-    }
+    add(id(MetricType::Counter, name), n);
 }
 
 pub fn gauge_add(name: String, delta: i64) {
     let id = id(MetricType::Gauge, name);
     if id != NONE && delta != 0 {
         let _ = hostcalls::increment_metric(id, delta);
-    }
-}
-
-pub fn histogram(name: String, value: u64) {
-    let id = id(MetricType::Histogram, name);
-    if id != NONE {
-        let _ = hostcalls::record_metric(id, value);
     }
 }
 

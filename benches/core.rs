@@ -100,6 +100,13 @@ fn streams(c: &mut Criterion) {
             m.verdict()
         })
     });
+    g.bench_function("usage scan, 50-event stream", |b| {
+        b.iter(|| {
+            let mut u = llm_failover::usage::UsageScanner::new();
+            u.feed(black_box(&stream));
+            (u.input_tokens(), u.output_tokens())
+        })
+    });
     g.finish();
 
     let body = request_body(16);

@@ -32,9 +32,18 @@ impl UsageScanner {
         self.output
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) {
-        for &b in chunk {
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            // Outside a key or a number only a quote can start a match: jump to the next one.
+            if self.reading.is_none() && self.matched == [0, 0] {
+                match chunk.iter().position(|&b| b == b'"') {
+                    Some(p) => chunk = chunk.get(p..).unwrap_or_default(),
+                    None => return,
+                }
+            }
+            let Some((&b, rest)) = chunk.split_first() else { return };
             self.step(b);
+            chunk = rest;
         }
     }
 

@@ -151,7 +151,11 @@ impl Filter {
         let model_name = self.peek.model();
         let model = metrics::model_tag(model_name.as_deref());
         let duration_ms = end_us.saturating_sub(self.start_us) / 1000;
-        let (input, output) = self.usage.as_ref().map_or((None, None), |u| (u.input_tokens(), u.output_tokens()));
+        let (input, output) = match (&self.monitor, &self.usage) {
+            (Some(m), _) => m.usage(),
+            (None, Some(u)) => (u.input_tokens(), u.output_tokens()),
+            (None, None) => (None, None),
+        };
         let ttft_ms = self.first_byte_us.map(|t| t.saturating_sub(self.start_us) / 1000);
         let tpot = self
             .first_byte_us
@@ -301,9 +305,11 @@ impl HttpContext for Filter {
         }
         set_response_header("x-llm-provider", Some(&provider.name));
         if outcome == Outcome::Success {
-            self.usage = Some(UsageScanner::new());
+            // A stream's monitor reads its usage events; a JSON answer is scanned for `usage`.
             if response_header("content-type").is_some_and(|ct| ct.starts_with("text/event-stream")) {
                 self.monitor = Some(StreamMonitor::new(provider.api));
+            } else {
+                self.usage = Some(UsageScanner::new());
             }
         }
         self.body_ended = end_of_stream;

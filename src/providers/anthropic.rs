@@ -7,6 +7,7 @@
 
 use crate::classify::StreamVerdict;
 use crate::sse::SseParser;
+use crate::usage::UsageScanner;
 
 #[derive(Debug, Default)]
 pub struct StreamMonitor {
@@ -14,6 +15,8 @@ pub struct StreamMonitor {
     started: bool,
     stopped: bool,
     error: Option<bool>,
+    /// Input tokens come in `message_start`, the running output count in `message_delta`.
+    usage: UsageScanner,
 }
 
 impl StreamMonitor {
@@ -22,9 +25,13 @@ impl StreamMonitor {
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
-        let Self { parser, started, stopped, error } = self;
+        let Self { parser, started, stopped, error, usage } = self;
         parser.feed(chunk, &mut |event, data| match event {
-            b"message_start" => *started = true,
+            b"message_start" => {
+                *started = true;
+                usage.feed(data);
+            }
+            b"message_delta" => usage.feed(data),
             b"message_stop" => *stopped = true,
             b"error" => {
                 let overloaded = contains(data, b"overloaded_error");
@@ -33,6 +40,11 @@ impl StreamMonitor {
             }
             _ => {}
         });
+    }
+
+    /// (input tokens, output tokens) reported by the stream so far.
+    pub fn usage(&self) -> (Option<u64>, Option<u64>) {
+        (self.usage.input_tokens(), self.usage.output_tokens())
     }
 
     pub fn verdict(&self) -> StreamVerdict {
@@ -62,6 +74,16 @@ mod tests {
             m.feed(c.as_bytes());
         }
         m.verdict()
+    }
+
+    #[test]
+    fn usage_from_message_start_and_message_delta() {
+        let s = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":42,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"delta\":{\"text\":\"\\\"output_tokens\\\": 7\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":180}}\n\n";
+        let mut m = StreamMonitor::new();
+        for c in s.as_bytes().chunks(5) {
+            m.feed(c);
+        }
+        assert_eq!(m.usage(), (Some(42), Some(180)));
     }
 
     #[test]

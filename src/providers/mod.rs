@@ -26,6 +26,13 @@ impl StreamMonitor {
         }
     }
 
+    /// (input tokens, output tokens) the stream reported.
+    pub fn usage(&self) -> (Option<u64>, Option<u64>) {
+        match self {
+            StreamMonitor::Anthropic(m) => m.usage(),
+        }
+    }
+
     /// The verdict so far (final once the body has ended).
     pub fn verdict(&self) -> StreamVerdict {
         match self {

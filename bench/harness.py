@@ -235,6 +235,8 @@ class WrkResult:
     p90_ms: float
     p99_ms: float
     errors: int
+    socket_errors: int = 0  # connect, read, write, timeout
+    status_errors: int = 0  # answers with a status >= 400
 
 
 def wrk(url: str, seconds: int, connections: int, stream: bool, delay_ms: float = 0,
@@ -254,6 +256,7 @@ def wrk(url: str, seconds: int, connections: int, stream: bool, delay_ms: float 
         requests=d["requests"],
         p50_ms=d["p50_us"] / 1000, p90_ms=d["p90_us"] / 1000, p99_ms=d["p99_us"] / 1000,
         errors=d["socket_errors"] + d["status_errors"],
+        socket_errors=d["socket_errors"], status_errors=d["status_errors"],
     )
 
 

@@ -54,7 +54,7 @@ def test_failure_ratio_opens_the_breaker():
     with Stack(cfg) as s:
         for _ in range(3):
             assert provider_of(s.post()) == "primary"
-        # Each worker batches closed-state successes and writes them within 200 ms.
+        # Each worker batches closed-state successes and writes them within 100 ms (its tick).
         time.sleep(0.3)
         s.fault("primary", "500")
         seen = [provider_of(s.post()) for _ in range(4)]

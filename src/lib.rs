@@ -14,11 +14,13 @@ pub mod breaker;
 pub mod classify;
 pub mod config;
 pub mod degraded;
+pub mod eventstream;
 pub mod plan;
 pub mod providers;
 pub mod request_peek;
 pub mod sse;
 pub mod telemetry;
+pub mod translate;
 pub mod usage;
 pub mod window;
 

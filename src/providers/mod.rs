@@ -2,6 +2,8 @@
 //! One module per API; the next adapters (Bedrock, Vertex, OpenAI) join here.
 
 pub mod anthropic;
+pub mod bedrock_stream;
+pub mod openai;
 
 use crate::classify::StreamVerdict;
 use crate::config::Api;

@@ -1,0 +1,17 @@
+//! Cross-API translation between the Anthropic Messages API and OpenAI Chat Completions, both
+//! directions: requests ([`request`]), JSON answers and error bodies ([`response`]), and SSE
+//! streams translated event by event ([`stream`]). Pure functions and state machines; nothing
+//! here knows the host.
+
+pub mod request;
+pub mod response;
+pub mod stream;
+
+/// A request feature the target API cannot express: the client gets a 400 in its own format
+/// naming `field`, or the provider is skipped, as the chain says. Never silently dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untranslatable {
+    /// JSON path in the client's request, e.g. `messages[2].content[0].source`.
+    pub field: String,
+    pub reason: String,
+}

@@ -15,6 +15,64 @@ use std::fmt;
 pub enum Api {
     /// Anthropic Messages API (`POST /v1/messages`, JSON and SSE).
     Anthropic,
+    /// Claude on Google Vertex AI (`:rawPredict` / `:streamRawPredict`, Anthropic bodies).
+    Vertex,
+    /// Claude on AWS Bedrock (`/model/{id}/invoke[-with-response-stream]`, event-stream).
+    Bedrock,
+    /// OpenAI Chat Completions (`POST /v1/chat/completions`).
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Azure OpenAI (`/openai/deployments/{deployment}/chat/completions?api-version=`).
+    #[serde(rename = "azure_openai")]
+    AzureOpenAi,
+}
+
+/// The request and answer format a client speaks (and a provider's body format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientApi {
+    /// Anthropic Messages bodies (Anthropic, Vertex and Bedrock carry these).
+    Anthropic,
+    /// OpenAI Chat Completions bodies (OpenAI and Azure OpenAI).
+    #[serde(rename = "openai")]
+    OpenAi,
+}
+
+impl Api {
+    /// The body format this host takes and answers in.
+    pub fn format(self) -> ClientApi {
+        match self {
+            Api::Anthropic | Api::Vertex | Api::Bedrock => ClientApi::Anthropic,
+            Api::OpenAi | Api::AzureOpenAi => ClientApi::OpenAi,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Anthropic => "anthropic",
+            Api::Vertex => "vertex",
+            Api::Bedrock => "bedrock",
+            Api::OpenAi => "openai",
+            Api::AzureOpenAi => "azure_openai",
+        }
+    }
+
+    /// Hosts whose model names are not the client's (Bedrock model ids, Azure deployments):
+    /// a request whose model has no mapping skips them.
+    pub fn needs_model_mapping(self) -> bool {
+        matches!(self, Api::Bedrock | Api::AzureOpenAi)
+    }
+}
+
+/// What to do when a request uses a feature the chosen provider's API cannot express.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUntranslatable {
+    /// Answer 400 in the client's format, naming the field.
+    #[default]
+    Refuse,
+    /// Skip that provider and try the next in the chain.
+    Skip,
 }
 
 /// What a degraded answer looks like to the client.
@@ -45,6 +103,8 @@ struct RawConfig {
     route_header: String,
     #[serde(default = "default_client_credential_headers")]
     client_credential_headers: Vec<String>,
+    #[serde(default = "default_max_tokens")]
+    default_max_tokens: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +118,27 @@ struct RawProvider {
     authority: Option<String>,
     #[serde(default)]
     credential: Option<RawCredential>,
+    #[serde(default)]
+    models: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    default_model: Option<String>,
+    #[serde(default)]
+    vertex: Option<RawVertex>,
+    #[serde(default)]
+    azure: Option<RawAzure>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVertex {
+    project: String,
+    region: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAzure {
+    api_version: String,
 }
 
 #[derive(Deserialize)]
@@ -85,9 +166,34 @@ struct RawChain {
     name: Option<String>,
     #[serde(rename = "match", default)]
     matcher: RawMatch,
-    providers: Vec<String>,
+    providers: Vec<RawChainEntry>,
     #[serde(default)]
     pass_client_credentials: bool,
+    #[serde(default)]
+    client_api: Option<ClientApi>,
+    #[serde(default)]
+    on_untranslatable: OnUntranslatable,
+}
+
+/// A chain entry: a provider name, or `{"provider": name, "same_model": bool, "models": {...},
+/// "default_model": ...}` (models for this chain only, over the provider's).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawChainEntry {
+    Name(String),
+    Entry(RawChainEntryObject),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChainEntryObject {
+    provider: String,
+    #[serde(default)]
+    same_model: Option<bool>,
+    #[serde(default)]
+    models: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    default_model: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +286,9 @@ fn default_route_header() -> String {
 fn default_client_credential_headers() -> Vec<String> {
     ["authorization", "x-api-key", "api-key", "x-goog-api-key"].iter().map(|s| s.to_string()).collect()
 }
+fn default_max_tokens() -> u32 {
+    4096
+}
 fn default_api() -> Api {
     Api::Anthropic
 }
@@ -205,6 +314,8 @@ pub struct Config {
     pub route_header: String,
     /// Client credential headers (lowercase) stripped from every rerouted request.
     pub client_credential_headers: Vec<String>,
+    /// `max_tokens` sent to an Anthropic-format host when an OpenAI client gave none.
+    pub default_max_tokens: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +327,57 @@ pub struct Provider {
     pub credential: Option<Credential>,
     /// Shared-data key holding this provider's window and breaker.
     pub state_key: String,
+    /// Client model name -> this host's model name (Bedrock model id, Vertex name, Azure
+    /// deployment, another vendor's model), and the model for the rest.
+    pub models: ModelMap,
+    pub vertex: Option<VertexSettings>,
+    pub azure: Option<AzureSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VertexSettings {
+    pub project: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureSettings {
+    pub api_version: String,
+}
+
+/// Client model name -> host model name, with a default for the rest: a provider's `models`
+/// overlaid with the chain entry's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelMap {
+    pub models: std::collections::BTreeMap<String, String>,
+    pub default_model: Option<String>,
+}
+
+impl ModelMap {
+    /// The model a host of `api` is asked for, given the client's model; None when the host
+    /// cannot serve it (no mapping where one is needed, or another vendor with no mapping).
+    pub fn model_for<'a>(&'a self, api: Api, client: ClientApi, client_model: &'a str) -> Option<&'a str> {
+        if let Some(m) = self.models.get(client_model) {
+            return Some(m);
+        }
+        if let Some(m) = &self.default_model {
+            return Some(m);
+        }
+        let same_vendor = api.format() == client;
+        (same_vendor && !api.needs_model_mapping() && !client_model.is_empty()).then_some(client_model)
+    }
+
+    /// True when a request of `client`'s format for `client_model` (None: not known yet) can
+    /// go to a host of `api` with its body, path and model untouched (only headers change).
+    pub fn passes_through(&self, api: Api, client: ClientApi, client_model: Option<&str>) -> bool {
+        if !matches!((api, client), (Api::Anthropic, ClientApi::Anthropic) | (Api::OpenAi, ClientApi::OpenAi)) {
+            return false;
+        }
+        match client_model {
+            Some(m) => self.model_for(api, client, m) == Some(m),
+            None => self.models.is_empty() && self.default_model.is_none(),
+        }
+    }
 }
 
 /// A credential to inject: header name (lowercase) and full header value.
@@ -239,7 +401,16 @@ pub struct Chain {
     pub header: Option<(String, Option<String>)>,
     /// Indexes into [`Config::providers`], in order of preference.
     pub providers: Vec<usize>,
+    /// Per entry: does that provider serve the same model as the chain's first (a Claude on
+    /// another host), or a different one (another vendor)? Clients that need identical
+    /// outputs send `x-llm-failover-same-model: required` to skip the different ones.
+    pub same_model: Vec<bool>,
+    /// Per entry: the provider's model map overlaid with the entry's own `models`.
+    pub models: Vec<ModelMap>,
     pub pass_client_credentials: bool,
+    /// The format the chain's clients speak.
+    pub client_api: ClientApi,
+    pub on_untranslatable: OnUntranslatable,
 }
 
 impl Chain {
@@ -359,6 +530,29 @@ fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+fn check_models(
+    f: &dyn Fn(&str) -> String,
+    models: &std::collections::BTreeMap<String, String>,
+    default_model: Option<&str>,
+) -> Result<(), ConfigError> {
+    for (client_model, model) in models {
+        if client_model.is_empty() || !is_model_name(model) {
+            return Err(err(
+                f(&format!("models.{client_model}")),
+                "model names must be 1-256 visible characters, without '/', '?', '#', '%', '\\' or '\"'",
+            ));
+        }
+    }
+    if let Some(m) = default_model.filter(|m| !is_model_name(m)) {
+        return Err(err(f("default_model"), format!("{m:?} is not a valid model name")));
+    }
+    Ok(())
+}
+
+fn is_model_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_graphic() && !b"/?#%\\\"".contains(&b))
+}
+
 fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
@@ -420,6 +614,37 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 Some(Credential { header, value })
             }
         };
+        check_models(&f, &p.models, p.default_model.as_deref())?;
+        let vertex = match (p.api, p.vertex) {
+            (Api::Vertex, Some(v)) => {
+                for (k, val) in [("project", &v.project), ("region", &v.region)] {
+                    if val.is_empty() || !val.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                        return Err(err(f(&format!("vertex.{k}")), format!("{val:?} must be [A-Za-z0-9_-]+")));
+                    }
+                }
+                Some(VertexSettings { project: v.project, region: v.region })
+            }
+            (Api::Vertex, None) => {
+                return Err(err(f("vertex"), "api `vertex` needs `vertex: {\"project\": ..., \"region\": ...}`"))
+            }
+            (_, Some(_)) => return Err(err(f("vertex"), "only for providers with api `vertex`")),
+            (_, None) => None,
+        };
+        let azure = match (p.api, p.azure) {
+            (Api::AzureOpenAi, Some(a)) => {
+                if a.api_version.is_empty()
+                    || !a.api_version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
+                    return Err(err(f("azure.api_version"), format!("{:?} is not an api-version", a.api_version)));
+                }
+                Some(AzureSettings { api_version: a.api_version })
+            }
+            (Api::AzureOpenAi, None) => {
+                return Err(err(f("azure"), "api `azure_openai` needs `azure: {\"api_version\": \"2024-10-21\"}`"))
+            }
+            (_, Some(_)) => return Err(err(f("azure"), "only for providers with api `azure_openai`")),
+            (_, None) => None,
+        };
         providers.push(Provider {
             state_key: format!("{STATE_KEY_PREFIX}{}", p.name),
             name: p.name,
@@ -427,6 +652,9 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             api: p.api,
             authority: p.authority,
             credential,
+            models: ModelMap { models: p.models, default_model: p.default_model },
+            vertex,
+            azure,
         });
     }
 
@@ -447,13 +675,34 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             return Err(err(f("providers"), "a chain needs at least one provider"));
         }
         let mut idx = Vec::with_capacity(c.providers.len());
-        for (j, name) in c.providers.iter().enumerate() {
+        let mut same_model = Vec::with_capacity(c.providers.len());
+        let mut models = Vec::with_capacity(c.providers.len());
+        let mut client_api = c.client_api;
+        for (j, entry) in c.providers.iter().enumerate() {
+            let (name, same) = match entry {
+                RawChainEntry::Name(n) => (n, None),
+                RawChainEntry::Entry(e) => (&e.provider, e.same_model),
+            };
+            let mut map = providers.iter().find(|p| &p.name == name).map(|p| p.models.clone()).unwrap_or_default();
+            if let RawChainEntry::Entry(e) = entry {
+                let ef = |k: &str| format!("chains[{i}].providers[{j}].{k}");
+                check_models(&ef, &e.models, e.default_model.as_deref())?;
+                map.models.extend(e.models.clone());
+                if e.default_model.is_some() {
+                    map.default_model = e.default_model.clone();
+                }
+            }
+            models.push(map);
             let Some(k) = providers.iter().position(|p| &p.name == name) else {
                 return Err(err(format!("chains[{i}].providers[{j}]"), format!("unknown provider {name:?}")));
             };
             if idx.contains(&k) {
                 return Err(err(format!("chains[{i}].providers[{j}]"), format!("provider {name:?} is listed twice")));
             }
+            let api = providers.get(k).map_or(ClientApi::Anthropic, |p| p.api.format());
+            let client = *client_api.get_or_insert(api);
+            // By default a host of the client's own format serves the same model family.
+            same_model.push(same.unwrap_or(api == client));
             idx.push(k);
         }
         chains.push(Chain {
@@ -461,7 +710,11 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             path_prefix: c.matcher.path_prefix,
             header,
             providers: idx,
+            same_model,
+            models,
             pass_client_credentials: c.pass_client_credentials,
+            client_api: client_api.unwrap_or(ClientApi::Anthropic),
+            on_untranslatable: c.on_untranslatable,
         });
     }
 
@@ -521,7 +774,12 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         return Err(err("route_header", "must not also be a client credential header"));
     }
 
+    if raw.default_max_tokens == 0 || raw.default_max_tokens > 1_000_000 {
+        return Err(err("default_max_tokens", "must be between 1 and 1000000"));
+    }
+
     Ok(Config {
+        default_max_tokens: raw.default_max_tokens,
         providers,
         chains,
         breaker: BreakerSettings {

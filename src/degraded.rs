@@ -8,7 +8,7 @@
 //! The payload holds only the configured notice and the client's own model name; no upstream
 //! text, header or credential ever reaches it.
 
-use crate::config::{Api, DegradedMode, DegradedSettings};
+use crate::config::{ClientApi, DegradedMode, DegradedSettings};
 use serde_json::json;
 
 /// Why the answer is degraded (also sent as `x-llm-degraded-reason`).
@@ -41,7 +41,7 @@ pub struct LocalResponse {
 /// `id_suffix` makes the message id unique (any random number).
 pub fn degraded_response(
     settings: &DegradedSettings,
-    api: Api,
+    api: ClientApi,
     model: Option<&str>,
     stream: bool,
     reason: DegradedReason,
@@ -55,20 +55,78 @@ pub fn degraded_response(
         ("cache-control", "no-store".to_string()),
     ];
     match (settings.mode, api) {
-        (DegradedMode::Error, Api::Anthropic) => {
+        (DegradedMode::Error, api) => {
             headers.push(("content-type", "application/json".to_string()));
             headers.push(("retry-after", settings.retry_after_s.to_string()));
-            LocalResponse { status: 503, headers, body: anthropic_error(&settings.notice) }
+            let body = match api {
+                ClientApi::Anthropic => anthropic_error(&settings.notice),
+                ClientApi::OpenAi => openai_error(&settings.notice),
+            };
+            LocalResponse { status: 503, headers, body }
         }
-        (DegradedMode::Message, Api::Anthropic) if stream => {
+        (DegradedMode::Message, api) if stream => {
             headers.push(("content-type", "text/event-stream; charset=utf-8".to_string()));
-            LocalResponse { status: 200, headers, body: anthropic_sse(&settings.notice, model, &id) }
+            let body = match api {
+                ClientApi::Anthropic => anthropic_sse(&settings.notice, model, &id),
+                ClientApi::OpenAi => openai_sse(&settings.notice, model, &openai_id(id_suffix)),
+            };
+            LocalResponse { status: 200, headers, body }
         }
-        (DegradedMode::Message, Api::Anthropic) => {
+        (DegradedMode::Message, api) => {
             headers.push(("content-type", "application/json".to_string()));
-            LocalResponse { status: 200, headers, body: anthropic_message(&settings.notice, model, &id) }
+            let body = match api {
+                ClientApi::Anthropic => anthropic_message(&settings.notice, model, &id),
+                ClientApi::OpenAi => openai_completion(&settings.notice, model, &openai_id(id_suffix)),
+            };
+            LocalResponse { status: 200, headers, body }
         }
     }
+}
+
+fn openai_id(id_suffix: u64) -> String {
+    format!("chatcmpl-degraded{id_suffix:016x}")
+}
+
+/// A Chat Completions answer (non-streaming).
+pub fn openai_completion(notice: &str, model: &str, id: &str) -> Vec<u8> {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": notice, "refusal": null},
+                     "logprobs": null, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A complete Chat Completions chunk stream ending in `data: [DONE]`.
+pub fn openai_sse(notice: &str, model: &str, id: &str) -> Vec<u8> {
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    };
+    let mut out = String::new();
+    for c in [
+        chunk(json!({"role": "assistant", "content": ""}), None),
+        chunk(json!({"content": notice}), None),
+        chunk(json!({}), Some("stop")),
+    ] {
+        out.push_str("data: ");
+        out.push_str(&c.to_string());
+        out.push_str("\n\n");
+    }
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+/// A Chat Completions error body (type `server_error`, code `overloaded`).
+pub fn openai_error(notice: &str) -> Vec<u8> {
+    json!({"error": {"message": notice, "type": "server_error", "param": null, "code": "overloaded"}})
+        .to_string()
+        .into_bytes()
 }
 
 fn anthropic_usage() -> serde_json::Value {
@@ -150,7 +208,7 @@ mod tests {
     fn message_mode_json() {
         let r = degraded_response(
             &settings(DegradedMode::Message),
-            Api::Anthropic,
+            ClientApi::Anthropic,
             Some("claude-x"),
             false,
             DegradedReason::NoProviderAvailable,
@@ -171,7 +229,7 @@ mod tests {
     fn message_mode_stream_is_a_complete_valid_stream() {
         let r = degraded_response(
             &settings(DegradedMode::Message),
-            Api::Anthropic,
+            ClientApi::Anthropic,
             Some("m"),
             true,
             DegradedReason::UpstreamFailure,
@@ -190,7 +248,7 @@ mod tests {
     fn error_mode_has_retry_after_and_an_api_error() {
         let r = degraded_response(
             &settings(DegradedMode::Error),
-            Api::Anthropic,
+            ClientApi::Anthropic,
             None,
             true,
             DegradedReason::NoProviderAvailable,
@@ -204,10 +262,28 @@ mod tests {
     }
 
     #[test]
+    fn openai_forms_parse_and_stream_ends_with_done() {
+        let st = settings(DegradedMode::Message);
+        let r = degraded_response(&st, ClientApi::OpenAi, Some("gpt-x"), false, DegradedReason::UpstreamFailure, 3);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["choices"][0]["message"]["content"], "Be right back \"soon\"");
+        let r = degraded_response(&st, ClientApi::OpenAi, Some("gpt-x"), true, DegradedReason::UpstreamFailure, 3);
+        let mut m = crate::providers::openai::StreamMonitor::new();
+        let mut p = crate::sse::SseParser::new();
+        p.feed(&r.body, &mut |_, d| m.on_data(d));
+        assert_eq!(m.verdict(), StreamVerdict::Complete);
+        let r = degraded_response(&settings(DegradedMode::Error), ClientApi::OpenAi, None, true, DegradedReason::UpstreamFailure, 3);
+        assert_eq!(r.status, 503);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"]["type"], "server_error");
+    }
+
+    #[test]
     fn hostile_model_names_stay_inside_the_json_string() {
         let r = degraded_response(
             &settings(DegradedMode::Message),
-            Api::Anthropic,
+            ClientApi::Anthropic,
             Some("\"}\n\nevent: x"),
             true,
             DegradedReason::NoProviderAvailable,

@@ -18,6 +18,8 @@ pub mod eventstream;
 pub mod plan;
 pub mod providers;
 pub mod request_peek;
+pub mod request_rewrite;
+pub mod response_rewrite;
 pub mod sse;
 pub mod telemetry;
 pub mod translate;

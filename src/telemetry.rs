@@ -41,6 +41,11 @@ pub fn failovers(from: &str, to: &str) -> String {
     format!("llm_failover.failovers.from.{from}.to.{to}")
 }
 
+/// Requests refused with a 400 because the provider that had to serve them cannot express them.
+pub fn untranslatable(provider: &str) -> String {
+    format!("llm_failover.untranslatable.provider.{provider}")
+}
+
 pub fn degraded(reason: &str) -> String {
     format!("llm_failover.degraded.reason.{reason}")
 }

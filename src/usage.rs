@@ -5,12 +5,14 @@
 //! is escaped (`\"`), and `"cache_read_input_tokens"` does not end in `"input_tokens"` after a
 //! quote. Works across chunk boundaries with a few bytes of state and no allocation.
 
-const KEYS: [&[u8]; 2] = [b"\"input_tokens\":", b"\"output_tokens\":"];
+/// Anthropic's keys and OpenAI's (`prompt_tokens`, `completion_tokens`): even index = input.
+const KEYS: [&[u8]; 4] =
+    [b"\"input_tokens\":", b"\"output_tokens\":", b"\"prompt_tokens\":", b"\"completion_tokens\":"];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageScanner {
     /// Bytes of each key matched so far.
-    matched: [usize; 2],
+    matched: [usize; 4],
     /// Which key's number is being read (after its colon), and the digits so far.
     reading: Option<usize>,
     value: u64,
@@ -35,7 +37,7 @@ impl UsageScanner {
     pub fn feed(&mut self, mut chunk: &[u8]) {
         while !chunk.is_empty() {
             // Outside a key or a number only a quote can start a match: jump to the next one.
-            if self.reading.is_none() && self.matched == [0, 0] {
+            if self.reading.is_none() && self.matched == [0; 4] {
                 match chunk.iter().position(|&b| b == b'"') {
                     Some(p) => chunk = chunk.get(p..).unwrap_or_default(),
                     None => return,
@@ -58,7 +60,7 @@ impl UsageScanner {
                 b' ' | b'\t' | b'\r' | b'\n' if self.digits == 0 => return,
                 _ => {
                     if self.digits > 0 {
-                        let slot = if k == 0 { &mut self.input } else { &mut self.output };
+                        let slot = if k % 2 == 0 { &mut self.input } else { &mut self.output };
                         *slot = Some(self.value);
                     }
                     self.reading = None;
@@ -110,6 +112,12 @@ mod tests {
         for i in 0..s.len() {
             assert_eq!(scan(&[&s[..i], &s[i..]]), (Some(42), Some(180)), "split at {i}");
         }
+    }
+
+    #[test]
+    fn openai_usage_keys() {
+        let body = br#"{"object":"chat.completion","usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        assert_eq!(scan(&[body]), (Some(12), Some(5)));
     }
 
     #[test]

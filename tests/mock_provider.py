@@ -1,43 +1,88 @@
 #!/usr/bin/env python3
-"""Mock LLM provider speaking the Anthropic Messages API wire format, with fault injection.
+"""Mock LLM providers, one per provider API, strict like the real hosts, with fault injection.
 
-Standard library only.
+Standard library only: it runs as a standalone script too.
 
 CLI:
-    python tests/mock_provider.py --port 18101 --name primary [--host 127.0.0.1] [--quiet]
+    python tests/mock_provider.py --port 18101 --name primary [--api anthropic] [--host 127.0.0.1]
+        [--quiet] [--no-strict] [--option KEY=VALUE ...]      (VALUE is JSON, or else a string)
 
 Prints ``mock provider <name> listening on http://HOST:PORT`` (flushed) once listening.
 
 Library:
-    server, port = start_mock("primary", port=0)
+    server, port = start_mock("primary", port=0, api="bedrock", models=["us.anthropic.claude-opus-4-6-v1:0"])
     ...
     server.shutdown()   # stops serving, closes the listener and all open connections
 
-Endpoints:
-    POST /v1/messages          Anthropic Messages API (non-stream and SSE stream), faultable
+APIs (``api=``), their endpoints and options (every API also takes ``strict`` (default True: reject
+what the real host rejects; False: skip credential and schema checks) and ``keys`` (list of
+accepted credentials; default: any well-formed one)):
+
+    anthropic  POST /v1/messages                                        (default; no credential check)
+    vertex     POST /v1/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:rawPredict
+               POST ...:streamRawPredict          options: project ("demo-project"), region ("us-east5")
+    bedrock    POST /model/{modelId}/invoke, /model/{modelId}/invoke-with-response-stream
+               options: models (accepted ids; default any id containing "anthropic.claude"),
+                        frame_split ("mixed" (default), "aligned", "tiny": how event-stream frames
+                        map onto HTTP chunks)
+    openai     POST /v1/chat/completions
+    azure      POST /openai/deployments/{deployment}/chat/completions?api-version=YYYY-MM-DD[-preview]
+               options: deployments ({"gpt-4o": "gpt-4o-2024-11-20"}: deployment -> reported model)
+
+Control endpoints (all APIs):
     GET  /_control/health      {"ok": true, "name": ...}
+    GET  /_control/info        {"name", "api", "options"}
     POST /_control/fault       {"mode": M, ...params} -> echo; invalid -> 400
     GET  /_control/fault       current fault (with remaining count)
-    GET  /_control/requests    recorded requests
+    GET  /_control/requests    recorded requests (rejected ones too), each with "api", "credential"
+                               (the credential headers present), "query", "route" (URL parameters)
     POST /_control/reset       clear recorded requests, fault = none
 
-Fault modes: none, 500, 529, 429, 503, hang, reset, stream_error, truncate,
-slow_first_byte, garbage. Params: count, retry_after, hang_ms, delay_ms, chunk_delay_ms.
+Fault modes: none, 500, 529, 429, 503, 400, 401, 403, 404, 413, hang, reset, stream_error,
+truncate, slow_first_byte, garbage. Params: count, retry_after, hang_ms, delay_ms, chunk_delay_ms,
+exception (bedrock stream_error exception type), frame_split (bedrock). Each API answers a fault in
+its own error shape; 529 is an Anthropic status (anthropic, vertex): the others answer 503.
+
+The answer is always "Hello from <name>" (pieces "Hello", " from", " <name>"), 12 input / 5 output
+tokens; a request declaring tools whose last turn is a plain user message gets a call to the first
+declared tool (or the one tool_choice names) with input {"location": "Paris"}; a last turn carrying a
+tool result gets "Tool said: <result>".
+
+References (shapes and errors):
+    https://docs.anthropic.com/en/api/messages
+    https://docs.anthropic.com/en/api/errors
+    https://docs.anthropic.com/en/api/claude-on-vertex-ai
+    https://cloud.google.com/vertex-ai/generative-ai/docs/partner-models/claude/use-claude
+    https://docs.aws.amazon.com/bedrock/latest/userguide/model-parameters-anthropic-claude-messages.html
+    https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_InvokeModelWithResponseStream.html
+    https://docs.aws.amazon.com/bedrock/latest/userguide/api-keys-use.html
+    https://docs.aws.amazon.com/transcribe/latest/dg/event-stream.html        (event-stream framing)
+    https://platform.openai.com/docs/api-reference/chat/create
+    https://platform.openai.com/docs/api-reference/chat-streaming
+    https://platform.openai.com/docs/guides/error-codes
+    https://learn.microsoft.com/en-us/azure/ai-services/openai/reference
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
+import re
 import socket
 import struct
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
+import zlib
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+APIS = ("anthropic", "vertex", "bedrock", "openai", "azure")
 
 VALID_MODES = (
     "none",
@@ -67,6 +112,18 @@ _NUMERIC_PARAMS = {
     "chunk_delay_ms": (0, False),
 }
 
+FRAME_SPLITS = ("mixed", "aligned", "tiny")
+
+# Exception types a Bedrock response stream can carry (InvokeModelWithResponseStream, ResponseStream).
+BEDROCK_STREAM_EXCEPTIONS = {
+    "internalServerException": "The system encountered an unexpected error during processing. Try your request again.",
+    "modelStreamErrorException": "The model stream encountered an error.",
+    "validationException": "Input validation failed.",
+    "throttlingException": "Too many requests, please wait before trying again.",
+    "modelTimeoutException": "The request took too long to process.",
+    "serviceUnavailableException": "The service is currently unavailable.",
+}
+
 # Client errors a real Anthropic API answers: they say nothing about the provider's health.
 CLIENT_ERRORS = {
     "400": ("invalid_request_error", "messages: field required"),
@@ -79,6 +136,42 @@ CLIENT_ERRORS = {
 INPUT_TOKENS = 12
 OUTPUT_TOKENS = 5
 
+TOOL_INPUT = {"location": "Paris"}
+
+VERTEX_VERSION = "vertex-2023-10-16"
+BEDROCK_VERSION = "bedrock-2023-05-31"
+AWS_ERROR_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+
+# Top-level Messages API parameters (https://docs.anthropic.com/en/api/messages, and the
+# anthropic SDK's MessageCreateParams).
+ANTHROPIC_PARAMS = frozenset({
+    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature",
+    "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
+    "context_management", "cache_control", "output_config", "inference_geo", "speed", "diagnostics",
+    "user_profile_id", "workspace_id",
+})
+VERTEX_PARAMS = (ANTHROPIC_PARAMS - {"model"}) | {"anthropic_version"}
+BEDROCK_PARAMS = (ANTHROPIC_PARAMS - {"model", "stream"}) | {"anthropic_version", "anthropic_beta"}
+
+# Chat Completions parameters (https://platform.openai.com/docs/api-reference/chat/create, and the
+# openai SDK's CompletionCreateParams).
+OPENAI_PARAMS = frozenset({
+    "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias",
+    "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities", "moderation", "n",
+    "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key", "prompt_cache_options",
+    "prompt_cache_retention", "reasoning_effort", "response_format", "safety_identifier", "seed",
+    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+    "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+})
+# Azure OpenAI adds "On your data" (https://learn.microsoft.com/en-us/azure/ai-services/openai/reference).
+AZURE_PARAMS = OPENAI_PARAMS | {"data_sources"}
+
+OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool")
+OPENAI_USER_PARTS = ("text", "image_url", "input_audio", "file")
+
+AZURE_API_VERSION = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(-preview)?$")
+AZURE_MIN_API_VERSION = "2022-12-01"
+
 _MAX_BODY = 64 * 1024 * 1024
 
 
@@ -86,16 +179,46 @@ class BadRequest(Exception):
     pass
 
 
-def _new_msg_id() -> str:
-    return "msg_" + uuid.uuid4().hex[:24]
+class Reject(Exception):
+    """An HTTP error answer: status, JSON body, extra headers."""
+
+    def __init__(self, status: int, body, headers: dict | None = None):
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+def _hex(n: int) -> str:
+    return uuid.uuid4().hex[:n]
+
+
+def _new_msg_id(prefix: str = "msg_") -> str:
+    return prefix + _hex(24)
 
 
 def _new_req_id() -> str:
-    return "req_" + uuid.uuid4().hex[:24]
+    return "req_" + _hex(24)
 
 
 def anthropic_error(err_type: str, message: str) -> dict:
     return {"type": "error", "error": {"type": err_type, "message": message}}
+
+
+def google_error(code: int, status: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def openai_error(message: str, err_type: str = "invalid_request_error", param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def azure_error(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def bedrock_reject(status: int, exc: str, message: str) -> Reject:
+    return Reject(status, {"message": message}, {"x-amzn-ErrorType": exc + AWS_ERROR_SUFFIX})
 
 
 def validate_fault(data) -> dict:
@@ -126,7 +249,497 @@ def validate_fault(data) -> dict:
             if int(val) != val or val < 1:
                 raise ValueError("'count' must be a positive integer")
             out[key] = int(val)
+    if "exception" in out and out["exception"] not in BEDROCK_STREAM_EXCEPTIONS:
+        raise ValueError(f"invalid exception {out['exception']!r}; valid: {', '.join(BEDROCK_STREAM_EXCEPTIONS)}")
+    if "frame_split" in out and out["frame_split"] not in FRAME_SPLITS:
+        raise ValueError(f"invalid frame_split {out['frame_split']!r}; valid: {', '.join(FRAME_SPLITS)}")
     return out
+
+
+_DEFAULT_OPTIONS = {
+    "anthropic": {},
+    "vertex": {"project": "demo-project", "region": "us-east5", "models": None},
+    "bedrock": {"models": None, "frame_split": "mixed"},
+    "openai": {},
+    "azure": {"deployments": {"gpt-4o": "gpt-4o-2024-11-20"}},
+}
+
+
+def normalize_options(api: str, options: dict) -> dict:
+    if api not in APIS:
+        raise ValueError(f"invalid api {api!r}; valid: {', '.join(APIS)}")
+    out = {"strict": True, "keys": None, **_DEFAULT_OPTIONS[api]}
+    for key, val in options.items():
+        if key not in out:
+            raise TypeError(f"unknown option {key!r} for api {api!r}; valid: {', '.join(out)}")
+        out[key] = val
+    if out["keys"] is not None:
+        out["keys"] = list(out["keys"])
+    if api == "bedrock" and out["frame_split"] not in FRAME_SPLITS:
+        raise ValueError(f"invalid frame_split {out['frame_split']!r}; valid: {', '.join(FRAME_SPLITS)}")
+    if api == "azure" and not isinstance(out["deployments"], dict):
+        raise ValueError("'deployments' must be a dict deployment -> model name")
+    return out
+
+
+# ---- AWS event stream (application/vnd.amazon.eventstream) ----------------------------------
+
+
+def eventstream_frame(headers: list[tuple[str, str]], payload: bytes) -> bytes:
+    """One event-stream message: prelude (total len, headers len, CRC32), string headers,
+    payload, message CRC32 (https://docs.aws.amazon.com/transcribe/latest/dg/event-stream.html)."""
+    hbytes = b""
+    for name, value in headers:
+        n, v = name.encode(), value.encode()
+        hbytes += struct.pack(">B", len(n)) + n + b"\x07" + struct.pack(">H", len(v)) + v
+    total = 12 + len(hbytes) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(hbytes))
+    head = prelude + struct.pack(">I", zlib.crc32(prelude)) + hbytes + payload
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+_PAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def bedrock_chunk_frame(event: dict, index: int) -> bytes:
+    payload = {"bytes": base64.b64encode(json.dumps(event).encode()).decode(), "p": _PAD[: 1 + (index * 11) % len(_PAD)]}
+    headers = [(":event-type", "chunk"), (":content-type", "application/json"), (":message-type", "event")]
+    return eventstream_frame(headers, json.dumps(payload).encode())
+
+
+def bedrock_exception_frame(exc: str, message: str) -> bytes:
+    headers = [(":exception-type", exc), (":content-type", "application/json"), (":message-type", "exception")]
+    body = {"message": message}
+    if exc == "modelStreamErrorException":
+        body["originalStatusCode"] = 500
+    return eventstream_frame(headers, json.dumps(body).encode())
+
+
+def split_frames(frames: list[bytes], how: str) -> list[bytes]:
+    """Map frames onto HTTP chunks. "mixed": chunk boundaries do not follow frames (a frame split
+    across two chunks, several frames in one chunk); "aligned": one frame per chunk; "tiny": 5 bytes
+    per chunk."""
+    if how == "aligned":
+        return list(frames)
+    data = b"".join(frames)
+    if how == "tiny":
+        return [data[i:i + 5] for i in range(0, len(data), 5)]
+    cuts, offset = [], 0
+    for i, f in enumerate(frames):
+        if i % 3 == 0:
+            cuts.append(offset + len(f) // 2)  # mid-frame
+        elif i % 3 == 2:
+            cuts.append(offset + len(f))  # two frames (halves included) in one chunk
+        offset += len(f)
+    chunks, prev = [], 0
+    for c in cuts + [len(data)]:
+        if c > prev:
+            chunks.append(data[prev:c])
+            prev = c
+    return chunks
+
+
+# ---- what to answer --------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    kind: str  # "text" | "tool"
+    pieces: list = field(default_factory=list)
+    tool_name: str = ""
+    tool_id: str = ""
+    args_pieces: list = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def args(self) -> str:
+        return "".join(self.args_pieces)
+
+
+def _tool_args_pieces() -> list[str]:
+    s = json.dumps(TOOL_INPUT)  # '{"location": "Paris"}'
+    return [s[:12], s[12:17], s[17:]]
+
+
+def _text_of(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def anthropic_plan(body: dict, name: str) -> Plan:
+    hello = Plan("text", ["Hello", " from", " " + name])
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict):
+        return hello
+    last = msgs[-1]
+    content = last.get("content")
+    if last.get("role") == "user" and isinstance(content, list):
+        results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+        if results:
+            return Plan("text", ["Tool said: ", _text_of(results[-1].get("content"))])
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if last.get("role") != "user" or not isinstance(tools, list) or not tools:
+        return hello
+    if isinstance(choice, dict) and choice.get("type") == "none":
+        return hello
+    tool = tools[0] if isinstance(tools[0], dict) else {}
+    tname = tool.get("name") or tool.get("type") or "tool"
+    if isinstance(choice, dict) and choice.get("type") == "tool" and isinstance(choice.get("name"), str):
+        tname = choice["name"]
+    return Plan("tool", tool_name=tname, tool_id="toolu_" + _hex(24), args_pieces=_tool_args_pieces())
+
+
+def openai_plan(body: dict, name: str) -> Plan:
+    hello = Plan("text", ["Hello", " from", " " + name])
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict):
+        return hello
+    last = msgs[-1]
+    if last.get("role") == "tool":
+        return Plan("text", ["Tool said: ", _text_of(last.get("content"))])
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if last.get("role") != "user" or not isinstance(tools, list) or not tools or choice == "none":
+        return hello
+    tool = tools[0] if isinstance(tools[0], dict) else {}
+    fn = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+    tname = fn.get("name") or "tool"
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str):
+        tname = choice["function"]["name"]
+    return Plan("tool", tool_name=tname, tool_id="call_" + _hex(24), args_pieces=_tool_args_pieces())
+
+
+# ---- Anthropic-shaped payloads (anthropic, vertex, bedrock) --------------------------------
+
+
+def anthropic_message(model, plan: Plan, id_prefix: str = "msg_") -> dict:
+    if plan.kind == "tool":
+        content = [{"type": "tool_use", "id": plan.tool_id, "name": plan.tool_name, "input": dict(TOOL_INPUT)}]
+        stop = "tool_use"
+    else:
+        content = [{"type": "text", "text": plan.text}]
+        stop = "end_turn"
+    return {
+        "id": _new_msg_id(id_prefix),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS},
+    }
+
+
+def anthropic_events(model, plan: Plan, id_prefix: str = "msg_", partial: bool = False) -> list[tuple[str, dict]]:
+    """The SSE events of an answer; `partial`: only the start (message_start, block start, 1st delta)."""
+    start = (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": _new_msg_id(id_prefix), "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": 1},
+            },
+        },
+    )
+    if plan.kind == "tool":
+        block = {"type": "tool_use", "id": plan.tool_id, "name": plan.tool_name, "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in plan.args_pieces]
+        stop = "tool_use"
+    else:
+        block = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": p} for p in plan.pieces]
+        stop = "end_turn"
+    events = [start, ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})]
+    if partial:
+        return events + [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": deltas[0]})]
+    events.append(("ping", {"type": "ping"}))
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+             "usage": {"output_tokens": OUTPUT_TOKENS}},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return events
+
+
+def sse_event(name: str, data: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+# ---- OpenAI-shaped payloads (openai, azure) -------------------------------------------------
+
+
+def openai_completion(model, plan: Plan, azure: bool = False) -> dict:
+    if plan.kind == "tool":
+        message = {
+            "role": "assistant", "content": None, "refusal": None,
+            "tool_calls": [{"id": plan.tool_id, "type": "function",
+                            "function": {"name": plan.tool_name, "arguments": plan.args}}],
+        }
+        finish = "tool_calls"
+    else:
+        message = {"role": "assistant", "content": plan.text, "refusal": None}
+        finish = "stop"
+    out = {
+        "id": "chatcmpl-" + _hex(29),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": {"prompt_tokens": INPUT_TOKENS, "completion_tokens": OUTPUT_TOKENS,
+                  "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS},
+        "system_fingerprint": "fp_" + _hex(10),
+    }
+    if azure:
+        out["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": {}}]
+    return out
+
+
+def openai_chunks(model, plan: Plan, include_usage: bool = False, partial: bool = False) -> list[dict]:
+    """The chat.completion.chunk objects of an answer; `partial`: the role chunk and one piece."""
+    cid, created, fp = "chatcmpl-" + _hex(29), int(time.time()), "fp_" + _hex(10)
+
+    def chunk(delta, finish=None, choices=True):
+        c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+             "system_fingerprint": fp,
+             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []}
+        if include_usage:
+            c["usage"] = None
+        return c
+
+    if plan.kind == "tool":
+        first = chunk({"role": "assistant", "content": None, "refusal": None})
+        body = [chunk({"tool_calls": [{"index": 0, "id": plan.tool_id, "type": "function",
+                                       "function": {"name": plan.tool_name, "arguments": ""}}]})]
+        body += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in plan.args_pieces]
+        finish = "tool_calls"
+    else:
+        first = chunk({"role": "assistant", "content": "", "refusal": None})
+        body = [chunk({"content": p}) for p in plan.pieces]
+        finish = "stop"
+    if partial:
+        return [first, body[0]]
+    out = [first] + body + [chunk({}, finish)]
+    if include_usage:
+        last = chunk(None, choices=False)
+        last["usage"] = {"prompt_tokens": INPUT_TOKENS, "completion_tokens": OUTPUT_TOKENS,
+                         "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS}
+        out.append(last)
+    return out
+
+
+def sse_data(obj) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+# ---- request validation ----------------------------------------------------------------------
+
+
+def anthropic_messages_problem(body: dict) -> str | None:
+    """The first problem the Messages API would report in `messages`, in its words, or None.
+
+    Roles user/assistant; content a string or a list of blocks, each with a `type`; a tool_result
+    must answer a tool_use of the previous (assistant) message.
+    """
+    msgs = body.get("messages")
+    if not isinstance(msgs, list):
+        return "messages: Input should be a valid list"
+    prev_tool_ids: set = set()
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            return f"messages.{i}: Input should be a valid dictionary"
+        role = m.get("role")
+        if "role" not in m:
+            return f"messages.{i}.role: Field required"
+        if role not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        if "content" not in m:
+            return f"messages.{i}.content: Field required"
+        extra = sorted(set(m) - {"role", "content"})
+        if extra:
+            return f"messages.{i}.{extra[0]}: Extra inputs are not permitted"
+        content = m["content"]
+        tool_ids: set = set()
+        if isinstance(content, list):
+            for j, b in enumerate(content):
+                where = f"messages.{i}.content.{j}"
+                if not isinstance(b, dict):
+                    return f"{where}: Input should be a valid dictionary"
+                btype = b.get("type")
+                if "type" not in b:
+                    return f"{where}.type: Field required"
+                if not isinstance(btype, str):
+                    return f"{where}.type: Input should be a valid string"
+                if btype == "text" and not isinstance(b.get("text"), str):
+                    return f"{where}.text: Field required"
+                if btype == "tool_use":
+                    for k in ("id", "name", "input"):
+                        if k not in b:
+                            return f"{where}.tool_use.{k}: Field required"
+                    if role != "assistant":
+                        return f"{where}: `tool_use` blocks can only be in `assistant` messages"
+                    tool_ids.add(b["id"])
+                if btype == "tool_result":
+                    if "tool_use_id" not in b:
+                        return f"{where}.tool_result.tool_use_id: Field required"
+                    if role != "user":
+                        return f"{where}: `tool_result` blocks can only be in `user` messages"
+                    if b["tool_use_id"] not in prev_tool_ids:
+                        return (f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: {b['tool_use_id']}. "
+                                "Each `tool_result` block must have a corresponding `tool_use` block in the previous message.")
+        elif not isinstance(content, str):
+            return f"messages.{i}.content: Input should be a valid list"
+        prev_tool_ids = tool_ids
+    return None
+
+
+def _invalid_value(value, allowed, param) -> Reject:
+    quoted = [f"'{a}'" for a in allowed]
+    supported = ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+    return Reject(400, openai_error(f"Invalid value: '{value}'. Supported values are: {supported}.",
+                                    param=param, code="invalid_value"))
+
+
+def _missing(param) -> Reject:
+    return Reject(400, openai_error(f"Missing required parameter: '{param}'.", param=param,
+                                    code="missing_required_parameter"))
+
+
+def _invalid_type(param, expected, got) -> Reject:
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a decimal", type(None): "null"}
+    return Reject(400, openai_error(f"Invalid type for '{param}': expected {expected}, but got {kinds.get(type(got), 'a value')} instead.",
+                                    param=param, code="invalid_type"))
+
+
+def openai_validate(body: dict, allowed: frozenset, model_required: bool = True) -> None:
+    """Raises Reject (OpenAI error shape) for what the Chat Completions API refuses."""
+    for k in body:
+        if k not in allowed:
+            raise Reject(400, openai_error(f"Unrecognized request argument supplied: {k}"))
+    if "model" not in body:
+        if model_required:
+            raise Reject(400, openai_error("you must provide a model parameter"))
+    elif not isinstance(body["model"], str):
+        raise _invalid_type("model", "a string", body["model"])
+    if "messages" not in body:
+        raise _missing("messages")
+    msgs = body["messages"]
+    if not isinstance(msgs, list):
+        raise _invalid_type("messages", "an array", msgs)
+    if not msgs:
+        raise Reject(400, openai_error("Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                                       "but got an empty array instead.", param="messages", code="empty_array"))
+    pending: set = set()
+    for i, m in enumerate(msgs):
+        p = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _invalid_type(p, "an object", m)
+        if "role" not in m:
+            raise _missing(f"{p}.role")
+        role = m["role"]
+        if role not in OPENAI_ROLES:
+            raise _invalid_value(role, OPENAI_ROLES, f"{p}.role")
+        content = m.get("content")
+        if role == "assistant":
+            calls = m.get("tool_calls")
+            if content is None and not calls:
+                raise _missing(f"{p}.content")
+            if content is not None and not isinstance(content, (str, list)):
+                raise _invalid_type(f"{p}.content", "one of a string or array of objects", content)
+            if isinstance(content, list):
+                _check_parts(content, f"{p}.content", ("text", "refusal"))
+            ids = set()
+            if calls is not None:
+                if not isinstance(calls, list):
+                    raise _invalid_type(f"{p}.tool_calls", "an array", calls)
+                for j, c in enumerate(calls):
+                    cp = f"{p}.tool_calls[{j}]"
+                    if not isinstance(c, dict):
+                        raise _invalid_type(cp, "an object", c)
+                    for k in ("id", "type", "function"):
+                        if k not in c:
+                            raise _missing(f"{cp}.{k}")
+                    if c["type"] != "function":
+                        raise _invalid_value(c["type"], ("function",), f"{cp}.type")
+                    fn = c["function"]
+                    if not isinstance(fn, dict):
+                        raise _invalid_type(f"{cp}.function", "an object", fn)
+                    for k in ("name", "arguments"):
+                        if k not in fn:
+                            raise _missing(f"{cp}.function.{k}")
+                    if not isinstance(fn["arguments"], str):
+                        raise _invalid_type(f"{cp}.function.arguments", "a string", fn["arguments"])
+                    ids.add(c["id"])
+            pending = ids
+            continue
+        if "content" not in m or content is None:
+            raise _missing(f"{p}.content")
+        if not isinstance(content, (str, list)):
+            raise _invalid_type(f"{p}.content", "one of a string or array of objects", content)
+        if isinstance(content, list):
+            _check_parts(content, f"{p}.content", OPENAI_USER_PARTS if role == "user" else ("text",))
+        if role == "tool":
+            if "tool_call_id" not in m:
+                raise _missing(f"{p}.tool_call_id")
+            if m["tool_call_id"] not in pending:
+                raise Reject(400, openai_error("Invalid parameter: messages with role 'tool' must be a response to a "
+                                               "preceeding message with 'tool_calls'.", param=f"messages.[{i}].role"))
+        else:
+            pending = set()
+    if "temperature" in body and body["temperature"] is not None:
+        t = body["temperature"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise _invalid_type("temperature", "a decimal", t)
+        if t > 2:
+            raise Reject(400, openai_error(f"Invalid 'temperature': decimal above maximum value. Expected a value <= 2, "
+                                           f"but got {t} instead.", param="temperature", code="decimal_above_max_value"))
+        if t < 0:
+            raise Reject(400, openai_error(f"Invalid 'temperature': decimal below minimum value. Expected a value >= 0, "
+                                           f"but got {t} instead.", param="temperature", code="decimal_below_min_value"))
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        raise Reject(400, openai_error("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                                       param="stream_options"))
+
+
+def _check_parts(parts: list, param: str, allowed: tuple) -> None:
+    if not parts:
+        raise Reject(400, openai_error(f"Invalid '{param}': empty array. Expected an array with minimum length 1, "
+                                       "but got an empty array instead.", param=param, code="empty_array"))
+    for j, part in enumerate(parts):
+        pp = f"{param}[{j}]"
+        if not isinstance(part, dict):
+            raise _invalid_type(pp, "an object", part)
+        if "type" not in part:
+            raise _missing(f"{pp}.type")
+        ptype = part["type"]
+        if ptype not in allowed:
+            raise _invalid_value(ptype, allowed, f"{pp}.type")
+        if ptype == "text" and not isinstance(part.get("text"), str):
+            raise _missing(f"{pp}.text")
+        if ptype == "refusal" and not isinstance(part.get("refusal"), str):
+            raise _missing(f"{pp}.refusal")
+        if ptype == "image_url":
+            iu = part.get("image_url")
+            if not isinstance(iu, dict) or not isinstance(iu.get("url"), str):
+                raise _missing(f"{pp}.image_url.url")
+
+
+# ---- the server ------------------------------------------------------------------------------
 
 
 class MockProviderServer(ThreadingHTTPServer):
@@ -134,9 +747,11 @@ class MockProviderServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, server_address, name: str, quiet: bool = False):
+    def __init__(self, server_address, name: str, quiet: bool = False, api: str = "anthropic", options=None):
         self.name = name
         self.quiet = quiet
+        self.api = api
+        self.options = normalize_options(api, dict(options or {}))
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.fault: dict = {"mode": "none"}
@@ -207,6 +822,15 @@ class MockProviderServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+@dataclass
+class Call:
+    """One API request, once routed: what the URL and body ask for."""
+
+    model: object = None
+    stream: bool = False
+    route: dict = field(default_factory=dict)
+
+
 class MockProviderHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to every answer.
@@ -253,6 +877,14 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         if not self.server.quiet:
             sys.stderr.write(f"[mock {self.server.name}] {msg}\n")
             sys.stderr.flush()
+
+    @property
+    def api(self) -> str:
+        return self.server.api
+
+    @property
+    def opts(self) -> dict:
+        return self.server.options
 
     # ---- body reading ------------------------------------------------------
     def _read_exact(self, n: int) -> bytes:
@@ -303,12 +935,23 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         return self._read_exact(n)
 
     # ---- response helpers --------------------------------------------------
+    def api_headers(self) -> dict:
+        """Per-API request-id headers, on every answer."""
+        if self.api == "bedrock":
+            return {"x-amzn-requestid": str(uuid.uuid4())}
+        if self.api == "openai":
+            return {"x-request-id": _new_req_id(), "openai-processing-ms": "7"}
+        if self.api == "azure":
+            return {"apim-request-id": str(uuid.uuid4()), "x-request-id": str(uuid.uuid4())}
+        if self.api == "vertex":
+            return {}
+        return {"request-id": _new_req_id()}
+
     def _send_bytes(self, status: int, body: bytes, content_type: str, extra_headers=None) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))
-        self.send_header("request-id", _new_req_id())
-        for k, v in (extra_headers or {}).items():
+        for k, v in {**self.api_headers(), **(extra_headers or {})}.items():
             self.send_header(k, v)
         if self.close_connection:
             self.send_header("connection", "close")
@@ -322,12 +965,16 @@ class MockProviderHandler(BaseHTTPRequestHandler):
     def send_error_json(self, status: int, err_type: str, message: str, extra_headers=None) -> None:
         self.send_json(status, anthropic_error(err_type, message), extra_headers)
 
-    def start_chunked(self, status: int = 200, content_type: str = "text/event-stream") -> None:
+    def send_reject(self, r: Reject) -> None:
+        self.send_json(r.status, r.body, r.headers)
+
+    def start_chunked(self, status: int = 200, content_type: str = "text/event-stream", extra_headers=None) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("transfer-encoding", "chunked")
         self.send_header("cache-control", "no-cache")
-        self.send_header("request-id", _new_req_id())
+        for k, v in {**self.api_headers(), **(extra_headers or {})}.items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.flush()
 
@@ -341,14 +988,29 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def write_event(self, event: str, data: dict) -> None:
-        self.write_chunk(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
-
     def _sleep(self, ms) -> bool:
         """Interruptible sleep; returns True if the server is shutting down."""
         if not ms:
             return self.server.stop_event.is_set()
         return self.server.stop_event.wait(ms / 1000.0)
+
+    def send_chunks(self, chunks: list[bytes], chunk_delay_ms=0, content_type=None, extra_headers=None) -> None:
+        """A chunked 200 answer, one HTTP chunk per item, `chunk_delay_ms` apart."""
+        self.start_chunked(content_type=content_type or self.stream_content_type(), extra_headers=extra_headers)
+        for i, data in enumerate(chunks):
+            if i and chunk_delay_ms:
+                if self._sleep(chunk_delay_ms):
+                    self.close_connection = True
+                    return  # shutting down: leave the body unterminated
+            self.write_chunk(data)
+        self.end_chunked()
+
+    def stream_content_type(self) -> str:
+        if self.api == "bedrock":
+            return "application/vnd.amazon.eventstream"
+        if self.api in ("openai", "azure"):
+            return "text/event-stream; charset=utf-8"
+        return "text/event-stream"
 
     def abort_with_rst(self) -> None:
         """Close the socket abruptly with a TCP RST, without sending anything."""
@@ -370,108 +1032,30 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    # ---- Anthropic payloads ------------------------------------------------
-    def _reply_text(self) -> str:
-        return f"Hello from {self.server.name}"
-
-    def _text_pieces(self) -> list[str]:
-        return ["Hello", " from", " " + self.server.name]
-
-    def message_body(self, model) -> dict:
-        return {
-            "id": _new_msg_id(),
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": self._reply_text()}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS},
-        }
-
-    def _ev_message_start(self, model) -> tuple:
-        return (
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": _new_msg_id(),
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": 1},
-                },
-            },
-        )
-
-    @staticmethod
-    def _ev_block_start() -> tuple:
-        return (
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        )
-
-    @staticmethod
-    def _ev_delta(text: str) -> tuple:
-        return (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
-        )
-
-    def stream_events(self, model) -> list[tuple]:
-        events = [self._ev_message_start(model), self._ev_block_start(), ("ping", {"type": "ping"})]
-        events += [self._ev_delta(p) for p in self._text_pieces()]
-        events += [
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            (
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": OUTPUT_TOKENS},
-                },
-            ),
-            ("message_stop", {"type": "message_stop"}),
-        ]
-        return events
-
-    def send_stream(self, events: list[tuple], chunk_delay_ms=0) -> None:
-        self.start_chunked()
-        for i, (name, data) in enumerate(events):
-            if i and chunk_delay_ms:
-                if self._sleep(chunk_delay_ms):
-                    self.close_connection = True
-                    return  # shutting down: leave the body unterminated
-            self.write_event(name, data)
-        self.end_chunked()
-
-    def send_normal(self, model, stream: bool, fault: dict) -> None:
-        if stream:
-            self.send_stream(self.stream_events(model), fault.get("chunk_delay_ms") or 0)
-        else:
-            self.send_json(200, self.message_body(model))
-
     # ---- routing -----------------------------------------------------------
     def _path(self) -> str:
         return self.path.split("?", 1)[0]
+
+    def _query(self) -> dict:
+        q = self.path.split("?", 1)[1] if "?" in self.path else ""
+        return dict(urllib.parse.parse_qsl(q, keep_blank_values=True))
 
     def do_GET(self) -> None:
         path = self._path()
         if path == "/_control/health":
             self.send_json(200, {"ok": True, "name": self.server.name})
+        elif path == "/_control/info":
+            self.send_json(200, {"name": self.server.name, "api": self.api, "options": self.opts})
         elif path == "/_control/requests":
             self.send_json(200, self.server.snapshot_requests())
         elif path == "/_control/fault":
             with self.server.lock:
                 fault = dict(self.server.fault)
             self.send_json(200, fault)
-        elif path == "/v1/messages":
+        elif path == "/v1/messages" and self.api == "anthropic":
             self.send_error_json(405, "invalid_request_error", "Method not allowed")
         else:
-            self.send_error_json(404, "not_found_error", f"Not found: {path}")
+            self.send_reject(self.not_found(path))
 
     def do_POST(self) -> None:
         path = self._path()
@@ -479,12 +1063,10 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             raw = self.read_body()
         except BadRequest as e:
             self.close_connection = True
-            self.send_error_json(400, "invalid_request_error", str(e))
+            self.send_reject(self.bad_request(str(e)))
             return
 
-        if path == "/v1/messages":
-            self.handle_messages(raw)
-        elif path == "/_control/fault":
+        if path == "/_control/fault":
             try:
                 fault = validate_fault(json.loads(raw or b"null"))
             except (ValueError, json.JSONDecodeError) as e:
@@ -497,85 +1079,424 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             self.server.reset_state()
             self.send_json(200, {"ok": True})
         else:
-            self.send_error_json(404, "not_found_error", f"Not found: {path}")
+            self.handle_api(path, raw)
 
-    # ---- /v1/messages ------------------------------------------------------
-    def handle_messages(self, raw: bytes) -> None:
+    # ---- per-API errors ----------------------------------------------------
+    def bad_request(self, message: str) -> Reject:
+        if self.api == "bedrock":
+            return bedrock_reject(400, "ValidationException", message)
+        if self.api in ("openai", "azure"):
+            return Reject(400, openai_error(message))
+        return Reject(400, anthropic_error("invalid_request_error", message))
+
+    def not_found(self, path: str) -> Reject:
+        if self.api == "vertex":
+            return Reject(404, google_error(404, "NOT_FOUND", f"The requested URL {path} was not found on this server."))
+        if self.api == "bedrock":
+            return Reject(404, {"message": "Not Found"}, {"x-amzn-ErrorType": "UnknownOperationException"})
+        if self.api == "openai":
+            return Reject(404, openai_error(f"Invalid URL ({self.command} {path})"))
+        if self.api == "azure":
+            return Reject(404, azure_error("404", "Resource not found"))
+        return Reject(404, anthropic_error("not_found_error", f"Not found: {path}"))
+
+    def fault_reject(self, mode: str, fault: dict, call: Call) -> Reject | None:
+        """The error answer of a status fault mode, in this API's shape (None: not a status mode)."""
+        api = self.api
+        retry = {}
+        if mode == "429":
+            ra = fault.get("retry_after", 2)
+            if ra is not None:
+                if isinstance(ra, float) and ra.is_integer():
+                    ra = int(ra)
+                retry["retry-after"] = str(ra)
+        if mode == "529" and api not in ("anthropic", "vertex"):
+            mode = "503"
+        if api == "anthropic":
+            table = {
+                "500": (500, "api_error", "Internal server error"),
+                "529": (529, "overloaded_error", "Overloaded"),
+                "429": (429, "rate_limit_error", "Number of request tokens has exceeded your rate limit."),
+            }
+            if mode in table:
+                status, t, m = table[mode]
+                return Reject(status, anthropic_error(t, m), retry)
+            if mode in CLIENT_ERRORS:
+                t, m = CLIENT_ERRORS[mode]
+                return Reject(int(mode), anthropic_error(t, m))
+            return None  # 503: plain text, see apply_fault
+        if api == "vertex":
+            table = {
+                "500": (500, "INTERNAL", "Internal error encountered."),
+                "503": (503, "UNAVAILABLE", "The service is currently unavailable."),
+                "429": (429, "RESOURCE_EXHAUSTED", "Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per_base_model with base model: anthropic-claude. Please submit a quota increase request."),
+                "400": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
+                "401": (401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential."),
+                "403": (403, "PERMISSION_DENIED", "Permission 'aiplatform.endpoints.predict' denied on resource (or it may not exist)."),
+                "404": (404, "NOT_FOUND", f"Publisher Model `{self._vertex_model_name(call)}` not found."),
+            }
+            if mode == "529":
+                return Reject(529, anthropic_error("overloaded_error", "Overloaded"))
+            if mode == "413":
+                return Reject(413, anthropic_error("request_too_large", CLIENT_ERRORS["413"][1]))
+            if mode in table:
+                status, s, m = table[mode]
+                return Reject(status, google_error(status, s, m), retry)
+            return None
+        if api == "bedrock":
+            table = {
+                "500": (500, "InternalServerException", BEDROCK_STREAM_EXCEPTIONS["internalServerException"]),
+                "503": (503, "ServiceUnavailableException", "Bedrock is unable to process your request."),
+                "429": (429, "ThrottlingException", "Too many requests, please wait before trying again."),
+                "400": (400, "ValidationException", "Malformed input request, please reformat your input and try again."),
+                "401": (401, "UnrecognizedClientException", "The security token included in the request is invalid."),
+                "403": (403, "AccessDeniedException", "You don't have access to the model with the specified model ID."),
+                "404": (404, "ResourceNotFoundException", "Could not resolve the foundation model from the provided model identifier."),
+                "413": (413, "ValidationException", "Input is too long for requested model."),
+            }
+            if mode in table:
+                status, e, m = table[mode]
+                r = bedrock_reject(status, e, m)
+                r.headers.update(retry)
+                return r
+            return None
+        # openai, azure
+        if api == "azure" and mode in ("429", "401", "403", "404"):
+            table = {
+                "429": ("429", f"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version {call.route.get('api_version')} have exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry after {retry.get('retry-after', 2)} seconds."),
+                "401": ("401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."),
+                "403": ("403", "Public access is disabled. Please configure private endpoint."),
+                "404": ("DeploymentNotFound", "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again."),
+            }
+            c, m = table[mode]
+            return Reject(int(mode), azure_error(c, m), retry)
+        table = {
+            "500": (500, openai_error("The server had an error while processing your request. Sorry about that!", "server_error")),
+            "503": (503, openai_error("The engine is currently overloaded, please try again later.", "server_error")),
+            "429": (429, openai_error(f"Rate limit reached for {call.model} on requests per min (RPM): Limit 500, Used 500, Requested 1. Please try again in 2s.", "requests", "requests", "rate_limit_exceeded")),
+            "400": (400, openai_error("We could not parse the JSON body of your request.")),
+            "401": (401, openai_error("Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.", code="invalid_api_key")),
+            "403": (403, openai_error("Country, region, or territory not supported", "request_forbidden", code="unsupported_country_region_territory")),
+            "404": (404, openai_error(f"The model `{call.model}` does not exist or you do not have access to it.", code="model_not_found")),
+            "413": (413, openai_error("Request too large.", code="request_too_large")),
+        }
+        if mode in table:
+            status, body = table[mode]
+            return Reject(status, body, retry)
+        return None
+
+    def _vertex_model_name(self, call: Call) -> str:
+        r = call.route
+        return f"projects/{r.get('project')}/locations/{r.get('region')}/publishers/{r.get('publisher')}/models/{call.model}"
+
+    # ---- routes ------------------------------------------------------------
+    def resolve(self, path: str, query: dict) -> Call:
+        """Routes the URL for this API; raises Reject (404 etc.)."""
+        api, o = self.api, self.opts
+        if api == "anthropic":
+            if path != "/v1/messages":
+                raise self.not_found(path)
+            return Call()
+        if api == "vertex":
+            m = re.fullmatch(r"/v1/projects/([^/]+)/locations/([^/]+)/publishers/([^/]+)/models/([^/:]+):([A-Za-z]+)", path)
+            if not m:
+                raise self.not_found(path)
+            project, region, publisher, model, verb = (urllib.parse.unquote(g) for g in m.groups())
+            call = Call(model=model, stream=verb == "streamRawPredict",
+                        route={"project": project, "region": region, "publisher": publisher, "verb": verb})
+            return call  # the rest is checked after the credential, see check_route
+        if api == "bedrock":
+            m = re.fullmatch(r"/model/([^/]+)/(invoke|invoke-with-response-stream)", path)
+            if not m:
+                raise self.not_found(path)
+            model = urllib.parse.unquote(m.group(1))
+            call = Call(model=model, stream=m.group(2) == "invoke-with-response-stream",
+                        route={"model_id": model, "operation": m.group(2)})
+            return call
+        if api == "openai":
+            if path != "/v1/chat/completions":
+                raise self.not_found(path)
+            return Call()
+        # azure
+        m = re.fullmatch(r"/openai/deployments/([^/]+)/chat/completions", path)
+        if not m:
+            raise self.not_found(path)
+        dep = urllib.parse.unquote(m.group(1))
+        version = query.get("api-version")
+        call = Call(model=dep, route={"deployment": dep, "api_version": version})
+        if version is None:
+            raise Reject(404, azure_error("404", "Resource not found"))
+        vm = AZURE_API_VERSION.fullmatch(version)
+        if not vm or version[:10] < AZURE_MIN_API_VERSION:
+            raise Reject(400, azure_error("BadRequest", "API version not supported"))
+        return call
+
+    def check_route(self, call: Call, path: str) -> None:
+        """Vertex: the project, region, publisher, model and verb of the URL (Google answers 404)."""
+        if self.api != "vertex":
+            return
+        o, r = self.opts, call.route
+        name = self._vertex_model_name(call)
+        if r["verb"] not in ("rawPredict", "streamRawPredict"):
+            raise Reject(404, google_error(404, "NOT_FOUND", f"The requested URL {path} was not found on this server."))
+        if r["project"] != o["project"]:
+            raise Reject(404, google_error(404, "NOT_FOUND", f"Project '{r['project']}' not found or permission denied."))
+        models = o["models"]
+        if (r["region"] != o["region"] or r["publisher"] != "anthropic"
+                or (models is not None and call.model not in models)
+                or (models is None and not str(call.model).startswith("claude"))):
+            raise Reject(404, google_error(404, "NOT_FOUND", f"Publisher Model `{name}` not found."))
+
+    def check_auth(self, call: Call, cred: dict) -> None:
+        """Raises Reject when the credential the real host needs is missing or refused."""
+        api, o = self.api, self.opts
+        keys = o["keys"]
+        if api == "anthropic" or not o["strict"]:
+            if api == "anthropic" and keys is not None:
+                given = cred.get("x-api-key") or (cred.get("authorization") or "").removeprefix("Bearer ")
+                if given not in keys:
+                    raise Reject(401, anthropic_error("authentication_error", "invalid x-api-key"))
+            return
+        auth = cred.get("authorization") or ""
+        bearer = auth[7:].strip() if auth.startswith("Bearer ") else None
+        if api == "vertex":
+            if not auth:
+                raise Reject(401, google_error(401, "UNAUTHENTICATED", "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."))
+            if not bearer or (keys is not None and bearer not in keys):
+                raise Reject(401, google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."))
+        elif api == "bedrock":
+            if not auth:
+                raise bedrock_reject(403, "AccessDeniedException", "Authorization header is missing. Use an Amazon Bedrock API key: Authorization: Bearer <key>.")
+            if not bearer or (keys is not None and bearer not in keys):
+                raise bedrock_reject(403, "AccessDeniedException", "Authentication failed: Please make sure your API Key is valid.")
+        elif api == "openai":
+            if not auth:
+                raise Reject(401, openai_error("You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
+            if not bearer or not bearer.startswith("sk-") or (keys is not None and bearer not in keys):
+                shown = (bearer or auth)[:4] + "*" * 8
+                raise Reject(401, openai_error(f"Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
+        elif api == "azure":
+            key = cred.get("api-key")
+            if not key or (keys is not None and key not in keys):
+                raise Reject(401, azure_error("401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."))
+
+    def validate(self, call: Call, body) -> None:
+        """Body checks; fills call.model / call.stream. Raises Reject."""
+        api, strict = self.api, self.opts["strict"]
+        if not isinstance(body, dict):
+            raise self.bad_request("request body must be a JSON object")
+        if api == "anthropic":
+            call.model, call.stream = body.get("model"), bool(body.get("stream"))
+            missing = [k for k in ("model", "messages", "max_tokens") if k not in body]
+            if missing:
+                raise self.bad_request(f"{missing[0]}: Field required")
+            if not isinstance(call.model, str):
+                raise self.bad_request("model: Input should be a valid string")
+            if not isinstance(body["messages"], list):
+                raise self.bad_request("messages: Input should be a valid list")
+            if isinstance(body["max_tokens"], bool) or not isinstance(body["max_tokens"], int):
+                raise self.bad_request("max_tokens: Input should be a valid integer")
+            if strict:
+                for k in body:
+                    if k not in ANTHROPIC_PARAMS:
+                        raise self.bad_request(f"{k}: Extra inputs are not permitted")
+                problem = anthropic_messages_problem(body)
+                if problem:
+                    raise self.bad_request(problem)
+            return
+        if api == "vertex":
+            if strict:
+                if "model" in body:
+                    raise self.bad_request("model: Extra inputs are not permitted (on Vertex AI the model is in the URL)")
+                if "anthropic_version" not in body:
+                    raise self.bad_request("anthropic_version: Field required")
+                if body["anthropic_version"] != VERTEX_VERSION:
+                    raise self.bad_request(f"anthropic_version: Input should be '{VERTEX_VERSION}'")
+                if call.stream and body.get("stream") is not True:
+                    raise self.bad_request("stream: must be true for :streamRawPredict")
+                if not call.stream and body.get("stream") not in (None, False):
+                    raise self.bad_request("stream: streaming requests must use :streamRawPredict, not :rawPredict")
+            self._anthropic_common(body, VERTEX_PARAMS, strict)
+            return
+        if api == "bedrock":
+            if strict:
+                for k in ("model", "stream"):
+                    if k in body:
+                        raise bedrock_reject(400, "ValidationException", f"Malformed input request: #: extraneous key [{k}] is not permitted, please reformat your input and try again.")
+                if "anthropic_version" not in body:
+                    raise bedrock_reject(400, "ValidationException", "Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again.")
+                if body["anthropic_version"] != BEDROCK_VERSION:
+                    raise bedrock_reject(400, "ValidationException", "Invalid API version")
+                models = self.opts["models"]
+                if (models is not None and call.model not in models) or (models is None and "anthropic.claude" not in call.model):
+                    raise bedrock_reject(404, "ResourceNotFoundException", "Could not resolve the foundation model from the provided model identifier.")
+                for k in body:
+                    if k not in BEDROCK_PARAMS:
+                        raise bedrock_reject(400, "ValidationException", f"Malformed input request: #: extraneous key [{k}] is not permitted, please reformat your input and try again.")
+                problem = self._anthropic_required(body) or anthropic_messages_problem(body)
+                if problem:
+                    raise bedrock_reject(400, "ValidationException", problem)
+            return
+        # openai, azure
+        call.stream = body.get("stream") is True
+        if api == "openai":
+            call.model = body.get("model")
+            if strict:
+                openai_validate(body, OPENAI_PARAMS)
+            elif not isinstance(call.model, str) or not isinstance(body.get("messages"), list):
+                raise self.bad_request("you must provide a model parameter" if not isinstance(call.model, str)
+                                       else "Missing required parameter: 'messages'.")
+            return
+        deps = self.opts["deployments"]
+        dep = call.route["deployment"]
+        if dep not in deps:
+            raise Reject(404, azure_error("DeploymentNotFound", "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again."))
+        call.model = deps[dep]
+        if strict:
+            openai_validate(body, AZURE_PARAMS, model_required=False)
+
+    @staticmethod
+    def _anthropic_required(body: dict) -> str | None:
+        for k in ("messages", "max_tokens"):
+            if k not in body:
+                return f"{k}: Field required"
+        if isinstance(body["max_tokens"], bool) or not isinstance(body["max_tokens"], int):
+            return "max_tokens: Input should be a valid integer"
+        return None
+
+    def _anthropic_common(self, body: dict, allowed, strict: bool) -> None:
+        problem = self._anthropic_required(body)
+        if problem is None and strict:
+            extra = [k for k in body if k not in allowed]
+            problem = f"{extra[0]}: Extra inputs are not permitted" if extra else anthropic_messages_problem(body)
+        if problem:
+            raise self.bad_request(problem)
+
+    # ---- the API request ---------------------------------------------------
+    def handle_api(self, path: str, raw: bytes) -> None:
+        query = self._query()
         body = None
-        error = None
+        parse_error = None
         try:
             body = json.loads(raw) if raw else None
-            if not isinstance(body, dict):
-                error = "request body must be a JSON object"
         except (ValueError, UnicodeDecodeError):
-            error = "invalid JSON in request body"
+            parse_error = "invalid JSON in request body"
 
         headers: dict[str, str] = {}
         for k, v in self.headers.items():
             lk = k.lower()
             headers[lk] = f"{headers[lk]}, {v}" if lk in headers else v
+        cred = {k: headers[k] for k in ("authorization", "x-api-key", "api-key", "x-goog-api-key") if k in headers}
 
-        model = body.get("model") if isinstance(body, dict) else None
-        stream = bool(body.get("stream")) if isinstance(body, dict) else False
+        call = Call()
+        reject = None
+        try:
+            call = self.resolve(path, query)
+        except Reject as r:
+            reject = r
+        if isinstance(body, dict):
+            if self.api in ("anthropic", "openai"):
+                call.model = body.get("model")
+            if self.api in ("anthropic", "openai", "azure"):
+                call.stream = bool(body.get("stream"))
         self.server.record(
             {
+                "api": self.api,
                 "path": self.path,
                 "method": self.command,
+                "query": query,
+                "route": call.route,
                 "headers": headers,
-                "model": model,
-                "stream": stream,
+                "credential": cred,
+                "model": call.model,
+                "stream": call.stream,
                 "body": body if isinstance(body, (dict, list)) else None,
                 "time": time.time(),
             }
         )
-
-        if error is None:
-            missing = [k for k in ("model", "messages", "max_tokens") if k not in body]
-            if missing:
-                error = f"missing required field(s): {', '.join(missing)}"
-            elif not isinstance(model, str):
-                error = "model: must be a string"
-            elif not isinstance(body["messages"], list):
-                error = "messages: must be a list"
-            elif isinstance(body["max_tokens"], bool) or not isinstance(body["max_tokens"], int):
-                error = "max_tokens: must be an integer"
-        if error is not None:
-            self._log(f"POST /v1/messages -> 400 ({error})")
-            self.send_error_json(400, "invalid_request_error", error)
+        try:
+            if reject is not None:
+                raise reject
+            self.check_auth(call, cred)
+            self.check_route(call, path)
+            if parse_error is not None:
+                raise self.bad_request(parse_error)
+            self.validate(call, body)
+        except Reject as r:
+            self._log(f"POST {path} -> {r.status} ({r.body})")
+            self.send_reject(r)
             return
 
         fault = self.server.take_fault()
         mode = fault.get("mode", "none")
-        self._log(f"POST /v1/messages model={model} stream={stream} mode={mode}")
-        self.apply_fault(mode, fault, model, stream)
+        self._log(f"POST {path} api={self.api} model={call.model} stream={call.stream} mode={mode}")
+        self.apply_fault(mode, fault, call, body)
 
-    def apply_fault(self, mode: str, fault: dict, model, stream: bool) -> None:
+    # ---- answers -----------------------------------------------------------
+    def plan(self, body) -> Plan:
+        if self.api in ("openai", "azure"):
+            return openai_plan(body, self.server.name)
+        return anthropic_plan(body, self.server.name)
+
+    def _id_prefix(self) -> str:
+        return {"vertex": "msg_vrtx_", "bedrock": "msg_bdrk_"}.get(self.api, "msg_")
+
+    def full_json(self, call: Call, body) -> dict:
+        plan = self.plan(body)
+        if self.api in ("openai", "azure"):
+            return openai_completion(call.model, plan, azure=self.api == "azure")
+        return anthropic_message(call.model, plan, self._id_prefix())
+
+    def _bedrock_events(self, call: Call, body, partial=False) -> list[dict]:
+        events = [data for _name, data in anthropic_events(call.model, self.plan(body), self._id_prefix(), partial)]
+        if not partial:
+            events[-1]["amazon-bedrock-invocationMetrics"] = {
+                "inputTokenCount": INPUT_TOKENS, "outputTokenCount": OUTPUT_TOKENS,
+                "invocationLatency": 321, "firstByteLatency": 123,
+            }
+        return events
+
+    def _frame_split(self, fault: dict) -> str:
+        return fault.get("frame_split") or self.opts.get("frame_split") or "mixed"
+
+    def stream_chunks(self, call: Call, body, fault: dict, partial: bool = False) -> list[bytes]:
+        """The HTTP chunks of a streamed answer (`partial`: its start only, no terminal event)."""
+        if self.api in ("openai", "azure"):
+            so = body.get("stream_options") if isinstance(body, dict) else None
+            usage = isinstance(so, dict) and so.get("include_usage") is True
+            chunks = [sse_data(c) for c in openai_chunks(call.model, self.plan(body), usage, partial)]
+            return chunks if partial else chunks + [b"data: [DONE]\n\n"]
+        if self.api == "bedrock":
+            frames = [bedrock_chunk_frame(e, i) for i, e in enumerate(self._bedrock_events(call, body, partial))]
+            return split_frames(frames, self._frame_split(fault))
+        return [sse_event(n, d) for n, d in anthropic_events(call.model, self.plan(body), self._id_prefix(), partial)]
+
+    def send_normal(self, call: Call, body, fault: dict) -> None:
+        delay = fault.get("chunk_delay_ms") or 0
+        if call.stream:
+            extra = {"x-amzn-bedrock-content-type": "application/json"} if self.api == "bedrock" else None
+            self.send_chunks(self.stream_chunks(call, body, fault), delay, extra_headers=extra)
+            return
+        extra = None
+        if self.api == "bedrock":
+            extra = {
+                "x-amzn-bedrock-input-token-count": str(INPUT_TOKENS),
+                "x-amzn-bedrock-output-token-count": str(OUTPUT_TOKENS),
+                "x-amzn-bedrock-invocation-latency": "321",
+            }
+        self.send_json(200, self.full_json(call, body), extra)
+
+    def apply_fault(self, mode: str, fault: dict, call: Call, body) -> None:
+        delay = fault.get("chunk_delay_ms") or 0
         if mode == "none":
-            self.send_normal(model, stream, fault)
+            self.send_normal(call, body, fault)
+            return
+        reject = self.fault_reject(mode, fault, call)
+        if reject is not None:
+            self.send_reject(reject)
 
-        elif mode == "500":
-            self.send_error_json(500, "api_error", "Internal server error")
-
-        elif mode == "529":
-            self.send_error_json(529, "overloaded_error", "Overloaded")
-
-        elif mode == "429":
-            retry_after = fault.get("retry_after", 2)
-            extra = {}
-            if retry_after is not None:
-                if isinstance(retry_after, float) and retry_after.is_integer():
-                    retry_after = int(retry_after)
-                extra["retry-after"] = str(retry_after)
-            self.send_error_json(
-                429, "rate_limit_error", "Number of request tokens has exceeded your rate limit.", extra
-            )
-
-        elif mode == "503":
+        elif mode == "503":  # anthropic: a proxy's plain-text 503
             self._send_bytes(503, b"upstream unavailable", "text/plain")
-
-        elif mode in CLIENT_ERRORS:
-            err_type, message = CLIENT_ERRORS[mode]
-            self.send_error_json(int(mode), err_type, message)
 
         elif mode == "hang":
             self.close_connection = True
@@ -586,32 +1507,45 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             self.abort_with_rst()
 
         elif mode == "stream_error":
-            if not stream:
-                self.send_error_json(529, "overloaded_error", "Overloaded")
+            if not call.stream:
+                overload = "529" if self.api in ("anthropic", "vertex") else "503"
+                r = self.fault_reject(overload, fault, call)
+                if r is None:
+                    self._send_bytes(503, b"upstream unavailable", "text/plain")
+                else:
+                    self.send_reject(r)
                 return
-            events = [
-                self._ev_message_start(model),
-                self._ev_block_start(),
-                self._ev_delta(self._text_pieces()[0]),
-                ("error", anthropic_error("overloaded_error", "Overloaded")),
-            ]
-            self.send_stream(events, fault.get("chunk_delay_ms") or 0)
+            if self.api == "bedrock":
+                frames = [bedrock_chunk_frame(e, i) for i, e in enumerate(self._bedrock_events(call, body, partial=True))]
+                exc = fault.get("exception") or "throttlingException"
+                frames.append(bedrock_exception_frame(exc, BEDROCK_STREAM_EXCEPTIONS[exc]))
+                chunks = split_frames(frames, self._frame_split(fault))
+            elif self.api in ("openai", "azure"):
+                chunks = self.stream_chunks(call, body, fault, partial=True)
+                chunks.append(sse_data({"error": {"message": "The server is overloaded", "type": "server_error",
+                                                  "param": None, "code": None}}))
+            else:
+                chunks = self.stream_chunks(call, body, fault, partial=True)
+                chunks.append(sse_event("error", anthropic_error("overloaded_error", "Overloaded")))
+            self.send_chunks(chunks, delay)
 
         elif mode == "truncate":
-            if stream:
-                events = [
-                    self._ev_message_start(model),
-                    self._ev_block_start(),
-                    self._ev_delta(self._text_pieces()[0]),
-                ]
-                self.send_stream(events, fault.get("chunk_delay_ms") or 0)
+            if call.stream:
+                if self.api == "bedrock":
+                    frames = [bedrock_chunk_frame(e, i) for i, e in enumerate(self._bedrock_events(call, body))]
+                    data = b"".join(frames[:3]) + frames[3][: len(frames[3]) // 2]  # cut mid-frame
+                    chunks = [data[: len(data) // 2], data[len(data) // 2:]]
+                else:
+                    chunks = self.stream_chunks(call, body, fault, partial=True)
+                self.send_chunks(chunks, delay)
             else:
-                full = json.dumps(self.message_body(model)).encode()
+                full = json.dumps(self.full_json(call, body)).encode()
                 self.close_connection = True
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(full)))
-                self.send_header("request-id", _new_req_id())
+                for k, v in self.api_headers().items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(full[: len(full) // 2])
                 self.wfile.flush()
@@ -620,17 +1554,23 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             if self._sleep(fault.get("delay_ms", 2000)):
                 self.close_connection = True
                 return
-            self.send_normal(model, stream, fault)
+            self.send_normal(call, body, fault)
 
         elif mode == "garbage":
             rng = random.Random()
-            if stream:
-                self.start_chunked()
+            if call.stream:
+                self.start_chunked(content_type=self.stream_content_type())
                 self.write_chunk(bytes(rng.getrandbits(8) for _ in range(256)))
                 self.write_chunk(b"\xff\xfe\xfd\xc3\x28\xa0\xa1\xe2\x28\xa1\n")
-                self.write_chunk(b"data:\n\ndata:\n\n")
-                self.write_chunk(b"event: content_block_delta\ndata: {not json\n\n")
-                self.write_chunk(b"data: \x00\x01\x02\xff\n\n")
+                if self.api == "bedrock":
+                    bad = bytearray(bedrock_chunk_frame({"type": "ping"}, 0))
+                    bad[-1] ^= 0xFF  # wrong message CRC
+                    self.write_chunk(bytes(bad))
+                    self.write_chunk(b"\x7f\xff\xff\xff\x00\x00\x00\x00\x00\x00\x00\x00")  # absurd length
+                else:
+                    self.write_chunk(b"data:\n\ndata:\n\n")
+                    self.write_chunk(b"event: content_block_delta\ndata: {not json\n\n")
+                    self.write_chunk(b"data: \x00\x01\x02\xff\n\n")
                 self.write_chunk(bytes(rng.choice(b"ABCDEFGHabcdefgh0123456789{}[]:,\"") for _ in range(100 * 1024)))
                 self.end_chunked()
             else:
@@ -641,31 +1581,54 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             self.send_error_json(500, "api_error", f"unknown fault mode {mode!r}")
 
 
-def make_server(name: str, port: int = 0, host: str = "127.0.0.1", quiet: bool = True) -> MockProviderServer:
-    return MockProviderServer((host, port), name=name, quiet=quiet)
+def make_server(name: str, port: int = 0, host: str = "127.0.0.1", quiet: bool = True, api: str = "anthropic",
+                **options) -> MockProviderServer:
+    """A mock provider speaking `api` (one of APIS); `options` as in the module docstring."""
+    return MockProviderServer((host, port), name=name, quiet=quiet, api=api, options=options)
 
 
-def start_mock(name: str, port: int = 0, host: str = "127.0.0.1", quiet: bool = True):
+def start_mock(name: str, port: int = 0, host: str = "127.0.0.1", quiet: bool = True, api: str = "anthropic",
+               **options):
     """Start a mock provider in a daemon thread. Returns (server, port).
 
     Stop it with ``server.shutdown()``.
     """
-    server = make_server(name, port, host, quiet)
+    server = make_server(name, port, host, quiet, api, **options)
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"mock-{name}", daemon=True)
     t.start()
     server.thread = t
     return server, server.server_address[1]
 
 
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Mock Anthropic Messages API provider with fault injection")
+    ap = argparse.ArgumentParser(description="Mock LLM provider (Anthropic, Vertex, Bedrock, OpenAI, Azure) with fault injection")
     ap.add_argument("--port", type=int, default=18101)
     ap.add_argument("--name", default="primary")
     ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--api", default="anthropic", choices=APIS)
+    ap.add_argument("--no-strict", action="store_true", help="skip credential and schema checks")
+    ap.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                    help="API option, VALUE as JSON (or a plain string), e.g. project=my-proj, models='[\"a\"]'")
     ap.add_argument("--quiet", action="store_true", help="no per-request log lines on stderr")
     args = ap.parse_args(argv)
 
-    server = make_server(args.name, args.port, args.host, quiet=args.quiet)
+    options = dict(args.option)
+    if args.no_strict:
+        options["strict"] = False
+    try:
+        server = make_server(args.name, args.port, args.host, quiet=args.quiet, api=args.api, **options)
+    except (TypeError, ValueError) as e:
+        ap.error(str(e))
     port = server.server_address[1]
     print(f"mock provider {args.name} listening on http://{args.host}:{port}", flush=True)
     try:

@@ -164,9 +164,13 @@ class Stack:
     """Mock providers + Envoy running the filter with a given configuration."""
 
     def __init__(self, filter_config: dict | None = None, providers=("primary", "fallback"),
-                 env: dict[str, str] | None = None, **envoy_kwargs):
+                 env: dict[str, str] | None = None, mocks: dict[str, tuple[str, dict]] | None = None,
+                 **envoy_kwargs):
+        """`providers`: the mock providers to start (by name; default API anthropic).
+        `mocks`: per name, (api, options) for mocks of another API (see mock_provider.py)."""
         self.filter_config = filter_config if filter_config is not None else demo_filter_config()
-        self.provider_names = providers
+        self.mock_apis = mocks or {}
+        self.provider_names = tuple(providers) + tuple(n for n in self.mock_apis if n not in providers)
         self.env = env if env is not None else {"FALLBACK_API_KEY": "demo-fallback-key"}
         self.envoy_kwargs = envoy_kwargs
         self.mocks = {}
@@ -175,7 +179,8 @@ class Stack:
     def __enter__(self) -> "Stack":
         ports = {}
         for name in self.provider_names:
-            server, port = start_mock(name)
+            api, options = self.mock_apis.get(name, ("anthropic", {}))
+            server, port = start_mock(name, api=api, **options)
             self.mocks[name] = server
             ports[name] = port
         clusters = {p["cluster"]: ports[p["name"]] for p in self.filter_config["providers"] if p["name"] in ports}

@@ -7,11 +7,12 @@ use super::props::{property_string, property_u64, response_header, set_request_h
 use super::{metrics, now_us, random_u32, shared, waiting};
 use crate::breaker::{Admission, Change, Peek, State};
 use crate::classify::{classify_end, classify_headers, Health, Outcome, StreamVerdict};
-use crate::config::{Config, DegradedMode};
-use crate::degraded::{degraded_response, DegradedReason};
+use crate::config::{Api, Chain, ClientApi, Config, DegradedMode, OnUntranslatable};
+use crate::degraded::{degraded_response, DegradedReason, LocalResponse};
 use crate::plan::{self, Choice};
-use crate::providers::StreamMonitor;
 use crate::request_peek::RequestPeek;
+use crate::request_rewrite::{refusal, rewrite, ClientRequest, Rewrite, Unfit};
+use crate::response_rewrite::{translate_json, StreamPipeline};
 use crate::telemetry::{self, RequestRecord};
 use crate::usage::UsageScanner;
 use proxy_wasm::hostcalls;
@@ -25,13 +26,25 @@ pub struct Filter {
     chain: Option<usize>,
     choice: Option<Choice>,
     peek: RequestPeek,
-    /// No provider admitted the request: answer degraded once the request body is in.
-    degraded_pending: bool,
+    /// Waiting for the whole request body before walking the chain on from this position
+    /// (a provider there needs the body rewritten; or nothing is left and a degraded answer
+    /// must know whether the client asked for a stream).
+    awaiting_body: Option<usize>,
+    /// The request headers, kept while the request waits for its body.
+    held_headers: Vec<(String, Vec<u8>)>,
+    /// The client asked for same-model hosts only (`x-llm-failover-same-model: required`).
+    same_model_only: bool,
+    /// The request was rewritten for its host: the model asked for, and whether an OpenAI
+    /// client wants the usage chunk.
+    rewritten: Option<(String, bool)>,
     /// This stream's response is our own local reply.
     local_reply: bool,
     headers_outcome: Option<Outcome>,
-    monitor: Option<StreamMonitor>,
-    /// Token counts of a 2xx answer (JSON or stream).
+    /// A streamed answer: watched, and translated when the client speaks another format.
+    stream: Option<StreamPipeline>,
+    /// A JSON answer to buffer whole and translate (status kept for the translation).
+    json_rewrite: Option<u16>,
+    /// Token counts of a 2xx JSON answer.
     usage: Option<UsageScanner>,
     body_ended: bool,
     start_us: u64,
@@ -47,10 +60,14 @@ impl Filter {
             chain: None,
             choice: None,
             peek: RequestPeek::new(),
-            degraded_pending: false,
+            awaiting_body: None,
+            held_headers: Vec::new(),
+            same_model_only: false,
+            rewritten: None,
             local_reply: false,
             headers_outcome: None,
-            monitor: None,
+            stream: None,
+            json_rewrite: None,
             usage: None,
             body_ended: false,
             start_us: 0,
@@ -86,14 +103,9 @@ impl Filter {
         }
     }
 
-    /// The API the client speaks: that of the chain's first provider.
-    fn client_api(&self, cfg: &Config) -> crate::config::Api {
-        self.chain
-            .and_then(|c| cfg.chains.get(c))
-            .and_then(|c| c.providers.first())
-            .and_then(|&p| cfg.providers.get(p))
-            .map(|p| p.api)
-            .unwrap_or(crate::config::Api::Anthropic)
+    /// The format the client speaks.
+    fn client_api(&self, cfg: &Config) -> ClientApi {
+        self.chain.and_then(|c| cfg.chains.get(c)).map_or(ClientApi::Anthropic, |c| c.client_api)
     }
 
     fn send_degraded(&mut self, cfg: &Config, reason: DegradedReason) {
@@ -101,14 +113,116 @@ impl Filter {
         let id = (u64::from(random_u32()) << 32) | u64::from(random_u32());
         let model = self.peek.model();
         let resp = degraded_response(&cfg.degraded, api, model.as_deref(), self.peek.stream(), reason, id);
-        let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.local_reply = true;
         self.record.degraded_reason = Some(reason.as_str());
         metrics::counter(telemetry::degraded(reason.as_str()), 1);
         log::debug!("degraded answer ({})", reason.as_str());
-        let _ = hostcalls::send_http_response(resp.status, headers, Some(&resp.body));
+        send(&resp);
+    }
+
+    /// Is the provider at chain position `pos` out of bounds for this request?
+    fn excluded(&self, chain: &Chain, pos: usize) -> bool {
+        self.same_model_only && !chain.same_model.get(pos).copied().unwrap_or(false)
+    }
+
+    /// Sends the request to `choice`'s provider: credentials, authority, the routing header and,
+    /// for a rewritten request, its path, headers and body.
+    fn route(&mut self, cfg: &Config, chain: &Chain, choice: Choice, headers: &[(String, Vec<u8>)], rw: Option<Rewrite>, body_size: usize) {
+        let has = |name: &str| headers.iter().any(|(k, _)| k == name);
+        let Some(edits) = plan::request_edits(cfg, chain, choice) else { return };
+        let replaced = edits.credential.map(|c| c.header.as_str());
+        for h in edits.strip.iter().filter(|h| Some(h.as_str()) != replaced && has(h)) {
+            set_request_header(h, None);
+        }
+        if let Some(c) = edits.credential {
+            set_request_header(&c.header, Some(&c.value));
+        }
+        let authority = headers.iter().find(|(k, _)| k == ":authority").map(|(_, v)| v.as_slice());
+        if let Some(a) = edits.authority.filter(|a| authority != Some(a.as_bytes())) {
+            set_request_header(":authority", Some(a));
+        }
+        if let Some(rw) = rw {
+            set_request_header(":path", Some(&rw.path));
+            for (k, v) in &rw.add_headers {
+                set_request_header(k, Some(v));
+            }
+            // The answer is rewritten: it must come uncompressed.
+            if has("accept-encoding") {
+                set_request_header("accept-encoding", None);
+            }
+            let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &rw.body);
+            self.rewritten = Some((rw.model, rw.include_usage));
+        }
+        set_request_header(&cfg.route_header, Some(edits.cluster));
+        clear_route_cache();
+        self.choice = Some(choice);
+        if choice.position > 0 {
+            let first = chain.providers.first().and_then(|&p| cfg.providers.get(p));
+            let to = cfg.providers.get(choice.provider);
+            if let (Some(from), Some(to)) = (first, to) {
+                metrics::counter(telemetry::failovers(&from.name, &to.name), 1);
+            }
+        }
+    }
+
+    /// Walks the chain on from `start` with the whole request body in hand: each provider is
+    /// checked for fit (model mapping, translation) before its breaker is asked.
+    fn walk_with_body(&mut self, cfg: &Config, start: usize, body: &[u8], body_size: usize) -> Action {
+        let Some(chain) = self.chain.and_then(|c| cfg.chains.get(c)) else { return Action::Continue };
+        let client = chain.client_api;
+        let path = self.held_headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let req = ClientRequest::parse(client, path.as_deref().unwrap_or("/"), body);
+        let now = now_us() / 1000;
+        let headers = std::mem::take(&mut self.held_headers);
+        for (pos, &p) in chain.providers.iter().enumerate().skip(start) {
+            if self.excluded(chain, pos) {
+                continue;
+            }
+            let Some(provider) = cfg.providers.get(p) else { continue };
+            let model = req.as_ref().and_then(|r| r.model());
+            let Some(models) = chain.models.get(pos) else { continue };
+            let rw = if models.passes_through(provider.api, client, model) {
+                None
+            } else {
+                match req.as_ref().map(|r| rewrite(r, provider, models, cfg.default_max_tokens)) {
+                    Some(Ok(rw)) => Some(rw),
+                    Some(Err(Unfit::Untranslatable(u))) if chain.on_untranslatable == OnUntranslatable::Refuse => {
+                        // Refuse only when this provider would serve (else it is skipped anyway).
+                        if !matches!(shared::peek(&provider.state_key, now, &cfg.breaker), Peek::Reject(_)) {
+                            metrics::counter(telemetry::untranslatable(&provider.name), 1);
+                            log::info!("request refused for provider {}: `{}`: {}", provider.name, u.field, u.reason);
+                            self.local_reply = true;
+                            send(&refusal(client, &provider.name, &u));
+                            return Action::Pause;
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                }
+            };
+            match Self::admit(cfg, p, now) {
+                a @ (Admission::Admit | Admission::Probe) => {
+                    let choice = Choice { provider: p, position: pos, probe: a == Admission::Probe };
+                    self.record.attempts = self.record.attempts.saturating_add(1);
+                    self.route(cfg, chain, choice, &headers, rw, body_size);
+                    return Action::Continue;
+                }
+                Admission::Reject(_) => self.record.attempts = self.record.attempts.saturating_add(1),
+            }
+        }
+        self.send_degraded(cfg, DegradedReason::NoProviderAvailable);
+        Action::Pause
     }
 }
+
+/// Sends a local reply built by the core.
+fn send(resp: &LocalResponse) {
+    let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _ = hostcalls::send_http_response(resp.status, headers, Some(&resp.body));
+}
+
+/// Request header with which a client asks for same-model hosts only.
+pub const SAME_MODEL_HEADER: &str = "x-llm-failover-same-model";
 
 fn clear_route_cache() {
     if let Err(e) = hostcalls::call_foreign_function("clear_route_cache", None) {
@@ -148,10 +262,10 @@ fn log_change(provider: &str, change: &Change) {
 impl Filter {
     /// Per-request stats and access-log fields of a request that reached a provider.
     fn emit(&mut self, provider: &str, outcome: Outcome, end_us: u64) {
-        let model_name = self.peek.model();
+        let model_name = self.answered_model();
         let model = metrics::model_tag(model_name.as_deref());
         let duration_ms = end_us.saturating_sub(self.start_us) / 1000;
-        let (input, output) = match (&self.monitor, &self.usage) {
+        let (input, output) = match (&self.stream, &self.usage) {
             (Some(m), _) => m.usage(),
             (None, Some(u)) => (u.input_tokens(), u.output_tokens()),
             (None, None) => (None, None),
@@ -185,6 +299,14 @@ impl Filter {
         self.publish_record();
     }
 
+    /// The model that answered: the host's model of a rewritten request, else the client's.
+    fn answered_model(&self) -> Option<String> {
+        match &self.rewritten {
+            Some((m, _)) => Some(m.clone()),
+            None => self.peek.model(),
+        }
+    }
+
     /// The access-log fields, as filter state `wasm.llm_failover.*`.
     fn publish_record(&self) {
         for (name, value) in self.record.fields() {
@@ -213,63 +335,72 @@ impl HttpContext for Filter {
         let Some(chain_idx) = cfg.chain_for(&path, &header) else { return Action::Continue };
         let Some(chain) = cfg.chains.get(chain_idx) else { return Action::Continue };
         self.chain = Some(chain_idx);
+        self.same_model_only = header(SAME_MODEL_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("required"));
 
         self.start_us = now_us();
         let now = self.start_us / 1000;
-        let plan = plan::choose(chain, |p| Self::admit(&cfg, p, now));
-        self.record.attempts = u32::try_from(plan.skipped.len()).unwrap_or(u32::MAX).saturating_add(1);
-        let Some(choice) = plan.choice else {
-            self.record.attempts -= 1;
-            // An error-mode answer is the same for streams; a message needs the body's `stream`.
-            if end_of_stream || cfg.degraded.mode == DegradedMode::Error {
-                self.send_degraded(&cfg, DegradedReason::NoProviderAvailable);
-            } else {
-                self.degraded_pending = true;
-                waiting::hold(self.context_id, now, self.client_api(&cfg));
+        let client = chain.client_api;
+        // Walk the chain while providers can take the request as it is; stop at the first that
+        // needs its body rewritten (or when nothing is left) and wait for the body.
+        let mut resume = chain.providers.len();
+        for (pos, &p) in chain.providers.iter().enumerate() {
+            if self.excluded(chain, pos) {
+                continue;
             }
+            let Some(provider) = cfg.providers.get(p) else { continue };
+            if !chain.models.get(pos).is_some_and(|m| m.passes_through(provider.api, client, None)) {
+                resume = pos;
+                break;
+            }
+            match Self::admit(&cfg, p, now) {
+                a @ (Admission::Admit | Admission::Probe) => {
+                    let choice = Choice { provider: p, position: pos, probe: a == Admission::Probe };
+                    self.record.attempts = self.record.attempts.saturating_add(1);
+                    self.route(&cfg, chain, choice, &headers, None, 0);
+                    return Action::Continue;
+                }
+                Admission::Reject(_) => self.record.attempts = self.record.attempts.saturating_add(1),
+            }
+        }
+        let nothing_left = resume >= chain.providers.len();
+        // An error-mode answer is the same for streams; a message needs the body's `stream`.
+        if nothing_left && (end_of_stream || cfg.degraded.mode == DegradedMode::Error) {
+            self.send_degraded(&cfg, DegradedReason::NoProviderAvailable);
             return Action::Pause;
-        };
-        let Some(edits) = plan::request_edits(&cfg, chain, choice) else { return Action::Continue };
-        let replaced = edits.credential.map(|c| c.header.as_str());
-        for h in edits.strip.iter().filter(|h| Some(h.as_str()) != replaced && has(h)) {
-            set_request_header(h, None);
         }
-        if let Some(c) = edits.credential {
-            set_request_header(&c.header, Some(&c.value));
+        if end_of_stream {
+            self.held_headers = headers;
+            return self.walk_with_body(&cfg, resume, b"", 0);
         }
-        if let Some(a) = edits.authority.filter(|a| header(":authority").as_deref() != Some(a)) {
-            set_request_header(":authority", Some(a));
+        if !nothing_left && has("content-length") {
+            // The body may change size.
+            set_request_header("content-length", None);
         }
-        set_request_header(&cfg.route_header, Some(edits.cluster));
-        clear_route_cache();
-        self.choice = Some(choice);
-        if choice.position > 0 {
-            let first = chain.providers.first().and_then(|&p| cfg.providers.get(p));
-            let to = cfg.providers.get(choice.provider);
-            if let (Some(from), Some(to)) = (first, to) {
-                metrics::counter(telemetry::failovers(&from.name, &to.name), 1);
-            }
-        }
-        Action::Continue
+        self.held_headers = headers;
+        self.awaiting_body = Some(resume);
+        waiting::hold(self.context_id, now, client);
+        Action::Pause
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.chain.is_none() || self.local_reply {
             return Action::Continue;
         }
-        if self.degraded_pending {
+        if let Some(resume) = self.awaiting_body {
+            // The body flows: the tick need not answer for us.
             waiting::release(self.context_id);
             // Envoy buffers the body while we pause; read it whole at the end.
             if !end_of_stream {
                 return Action::Pause;
             }
-            if let Ok(Some(body)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-                self.peek.feed(&body);
-            }
-            if let Some(cfg) = self.cfg.clone() {
-                self.send_degraded(&cfg, DegradedReason::NoProviderAvailable);
-            }
-            return Action::Pause;
+            self.awaiting_body = None;
+            let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+                Ok(Some(b)) => b,
+                _ => Vec::new(),
+            };
+            self.peek.feed(&body);
+            let Some(cfg) = self.cfg.clone() else { return Action::Continue };
+            return self.walk_with_body(&cfg, resume, &body, body_size);
         }
         if !self.peek.done() && body_size > 0 {
             if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
@@ -304,11 +435,33 @@ impl HttpContext for Filter {
             return Action::Pause;
         }
         set_response_header("x-llm-provider", Some(&provider.name));
-        if outcome == Outcome::Success {
-            // A stream's monitor reads its usage events; a JSON answer is scanned for `usage`.
-            if response_header("content-type").is_some_and(|ct| ct.starts_with("text/event-stream")) {
-                self.monitor = Some(StreamMonitor::new(provider.api));
-            } else {
+        if let Some(model) = self.answered_model() {
+            set_response_header("x-llm-model", Some(&model));
+        }
+        let client = self.client_api(&cfg);
+        let content_type = response_header("content-type").unwrap_or_default();
+        let event_stream = content_type.starts_with("application/vnd.amazon.eventstream");
+        if outcome == Outcome::Success && (event_stream || content_type.starts_with("text/event-stream")) {
+            let include_usage = self.rewritten.as_ref().is_some_and(|(_, u)| *u);
+            let id = (u64::from(random_u32()) << 32) | u64::from(random_u32());
+            let pipeline =
+                StreamPipeline::new(provider.api, event_stream, client, include_usage, self.start_us / 1_000_000, id);
+            if pipeline.rewrites() {
+                set_response_header("content-length", None);
+                if event_stream {
+                    set_response_header("content-type", Some("text/event-stream; charset=utf-8"));
+                }
+            }
+            self.stream = Some(pipeline);
+        } else {
+            let success = (200..300).contains(&status);
+            let differ = provider.api.format() != client;
+            let own_errors = !success && matches!(provider.api, Api::Bedrock | Api::Vertex);
+            if differ || own_errors {
+                set_response_header("content-length", None);
+                self.json_rewrite = Some(status);
+            }
+            if success {
                 self.usage = Some(UsageScanner::new());
             }
         }
@@ -320,13 +473,35 @@ impl HttpContext for Filter {
         if self.local_reply || self.choice.is_none() {
             return Action::Continue;
         }
-        if body_size > 0 && (self.usage.is_some() || self.monitor.is_some()) {
-            if self.monitor.is_some() && self.first_byte_us.is_none() {
+        if let Some(status) = self.json_rewrite {
+            // Buffer the whole answer, then translate it in one go.
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            self.body_ended = true;
+            let Ok(Some(body)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) else {
+                return Action::Continue;
+            };
+            if let Some(u) = self.usage.as_mut() {
+                u.feed(&body);
+            }
+            let (Some(cfg), Some(choice)) = (self.cfg.clone(), self.choice) else { return Action::Continue };
+            let Some(provider) = cfg.providers.get(choice.provider) else { return Action::Continue };
+            let client = self.client_api(&cfg);
+            if let Some(new) = translate_json(provider.api, client, status, &body, self.start_us / 1_000_000) {
+                let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &new);
+            }
+            return Action::Continue;
+        }
+        if body_size > 0 && (self.usage.is_some() || self.stream.is_some()) {
+            if self.stream.is_some() && self.first_byte_us.is_none() {
                 self.first_byte_us = Some(now_us());
             }
             if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
-                if let Some(m) = self.monitor.as_mut() {
-                    m.feed(&chunk);
+                if let Some(p) = self.stream.as_mut() {
+                    if let Some(out) = p.feed(&chunk) {
+                        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, out);
+                    }
                 }
                 if let Some(u) = self.usage.as_mut() {
                     u.feed(&chunk);
@@ -354,7 +529,7 @@ impl HttpContext for Filter {
         let s = &cfg.breaker;
         // No response headers at all: the client left before anything came back.
         let from_headers = self.headers_outcome.unwrap_or(Outcome::ClientCancelled);
-        let verdict = self.monitor.as_ref().map_or(StreamVerdict::NotStream, |m| m.verdict());
+        let verdict = self.stream.as_ref().map_or(StreamVerdict::NotStream, |m| m.verdict());
         let body_ended = self.body_ended || self.local_reply;
         // Envoy's flags only matter for a body that did not end (who cut it?).
         let flags = if body_ended { 0 } else { property_u64(&["response", "flags"]).unwrap_or(0) };

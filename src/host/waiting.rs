@@ -9,7 +9,7 @@
 //! [`GRACE_MS`] with the degraded answer's error form (503, `Retry-After`, the API's
 //! `overloaded_error`), which is right for streaming and non-streaming requests alike.
 
-use crate::config::{Api, DegradedMode, DegradedSettings};
+use crate::config::{ClientApi as Api, DegradedMode, DegradedSettings};
 use crate::degraded::{degraded_response, DegradedReason};
 use crate::telemetry;
 use proxy_wasm::hostcalls;

@@ -24,22 +24,29 @@ impl StreamMonitor {
         Self::default()
     }
 
+    /// Feeds raw SSE bytes (parsing them itself).
     pub fn feed(&mut self, chunk: &[u8]) {
-        let Self { parser, started, stopped, error, usage } = self;
-        parser.feed(chunk, &mut |event, data| match event {
+        let mut parser = std::mem::take(&mut self.parser);
+        parser.feed(chunk, &mut |event, data| self.on_event(event, data));
+        self.parser = parser;
+    }
+
+    /// One parsed event.
+    pub fn on_event(&mut self, event: &[u8], data: &[u8]) {
+        match event {
             b"message_start" => {
-                *started = true;
-                usage.feed(data);
+                self.started = true;
+                self.usage.feed(data);
             }
-            b"message_delta" => usage.feed(data),
-            b"message_stop" => *stopped = true,
+            b"message_delta" => self.usage.feed(data),
+            b"message_stop" => self.stopped = true,
             b"error" => {
                 let overloaded = contains(data, b"overloaded_error");
                 // Keep the first error's kind.
-                error.get_or_insert(overloaded);
+                self.error.get_or_insert(overloaded);
             }
             _ => {}
-        });
+        }
     }
 
     /// (input tokens, output tokens) reported by the stream so far.

@@ -1,30 +1,38 @@
-//! Per-API knowledge: how each provider's wire format looks, how its streams end and fail.
-//! One module per API; the next adapters (Bedrock, Vertex, OpenAI) join here.
+//! Per-API knowledge: where each host's requests go, what its bodies look like, how its streams
+//! end and fail. One module per API: [`anthropic`], [`vertex`], [`bedrock`] (+
+//! [`bedrock_stream`]), [`openai`], [`azure`].
 
 pub mod anthropic;
+pub mod azure;
+pub mod bedrock;
 pub mod bedrock_stream;
 pub mod openai;
+pub mod vertex;
 
 use crate::classify::StreamVerdict;
-use crate::config::Api;
+use crate::config::ClientApi;
 
-/// Watches a streamed response of one API and says how it ended.
+/// Watches a streamed response, event by event, in the format the host sent it (Bedrock's
+/// event-stream is decoded to Anthropic events first) and says how it ended.
 #[derive(Debug)]
 pub enum StreamMonitor {
     Anthropic(anthropic::StreamMonitor),
+    OpenAi(openai::StreamMonitor),
 }
 
 impl StreamMonitor {
-    pub fn new(api: Api) -> Self {
-        match api {
-            Api::Anthropic => StreamMonitor::Anthropic(anthropic::StreamMonitor::new()),
+    pub fn new(format: ClientApi) -> Self {
+        match format {
+            ClientApi::Anthropic => StreamMonitor::Anthropic(anthropic::StreamMonitor::new()),
+            ClientApi::OpenAi => StreamMonitor::OpenAi(openai::StreamMonitor::new()),
         }
     }
 
-    /// Feeds a body chunk as it passes to the client.
-    pub fn feed(&mut self, chunk: &[u8]) {
+    /// One SSE event of the host's stream.
+    pub fn on_event(&mut self, event: &[u8], data: &[u8]) {
         match self {
-            StreamMonitor::Anthropic(m) => m.feed(chunk),
+            StreamMonitor::Anthropic(m) => m.on_event(event, data),
+            StreamMonitor::OpenAi(m) => m.on_data(data),
         }
     }
 
@@ -32,6 +40,7 @@ impl StreamMonitor {
     pub fn usage(&self) -> (Option<u64>, Option<u64>) {
         match self {
             StreamMonitor::Anthropic(m) => m.usage(),
+            StreamMonitor::OpenAi(m) => m.usage(),
         }
     }
 
@@ -39,6 +48,25 @@ impl StreamMonitor {
     pub fn verdict(&self) -> StreamVerdict {
         match self {
             StreamMonitor::Anthropic(m) => m.verdict(),
+            StreamMonitor::OpenAi(m) => m.verdict(),
         }
     }
 }
+
+/// Percent-encodes one URL path segment (everything but RFC 3986 unreserved characters and `@`,
+/// which Vertex model versions use).
+pub fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";

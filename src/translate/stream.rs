@@ -1,37 +1,794 @@
 //! SSE streams translated event by event: Anthropic events -> OpenAI chunks, and OpenAI chunks
 //! -> Anthropic events. The caller parses SSE (crate::sse) and hands each event over; output is
-//! appended as ready-to-send SSE bytes.
+//! appended as ready-to-send SSE bytes. Each event's JSON is parsed once, into borrowed
+//! structs; state is a few counters and ids, so memory does not grow with the stream.
+//!
+//! **Anthropic -> OpenAI** ([`AnthropicToOpenAi`]): every chunk has the same `id`
+//! (`"chatcmpl-" + message id`), `created` and `model` (from `message_start`).
+//! `message_start` -> a chunk with `delta: {role: assistant, content: ""}`; `text_delta` ->
+//! `delta.content`; `tool_use` `content_block_start` -> `delta.tool_calls[{index, id, type:
+//! function, function: {name, arguments: ""}}]`; `input_json_delta` ->
+//! `tool_calls[{index, function: {arguments}}]` (the index counts tool blocks only);
+//! `message_delta.stop_reason` -> a chunk with `finish_reason` (mapped as in
+//! [`super::response`]); `message_stop` -> a usage chunk (`choices: []`, when `include_usage`)
+//! then `data: [DONE]`; `error` -> `data: {"error": {...}}` (OpenAI style), nothing after it.
+//! Ignored: `ping`, `content_block_stop`, thinking/signature/citation deltas and non-tool
+//! blocks other than text, unknown events, events that are not JSON.
+//!
+//! **OpenAI -> Anthropic** ([`OpenAiToAnthropic`]): the first chunk -> `message_start` (a full
+//! message: id `msg_<16 hex of id_suffix>`, `content: []`, model from the chunk, usage 0/0);
+//! `delta.content`/`delta.refusal` -> a text block (`content_block_start`, `text_delta`s);
+//! each `tool_calls[i]` -> a `tool_use` block with `input_json_delta`s; a block is stopped
+//! when the kind or tool index changes or at `finish_reason`; `finish_reason` -> held until
+//! the usage chunk (or `[DONE]`), then one `message_delta` with `stop_reason` and usage
+//! (`input_tokens` = prompt - cached, `cache_read_input_tokens`, `output_tokens`); `[DONE]` ->
+//! `message_stop`; an error chunk -> `event: error` with an Anthropic error, nothing after it.
+//! Refused in-stream (an `event: error`, then nothing): deltas returning to a tool call that
+//! was already closed (Anthropic blocks cannot be reopened), and `[DONE]` without any
+//! `finish_reason`. Ignored: choices other than index 0, chunks that are not JSON, data after
+//! the end.
+//!
+//! Both translators' `finish` (end of the upstream body) never fabricates a successful end: if
+//! the stream did not complete and no error was sent, it appends an error (`data:
+//! {"error":...}` / `event: error`) saying the upstream stream was cut short, so the client
+//! sees the failure instead of a silently partial answer; there is still no `[DONE]` /
+//! `message_stop`.
+
+use super::response::{anthropic_error_body, finish_reason, openai_error_body, openai_error_fields, stop_reason};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// Tool calls kept track of in one stream; a stream with more is failed, not silently cut.
+const MAX_TOOL_BLOCKS: u32 = 4096;
+
+fn write_data(out: &mut Vec<u8>, value: &impl Serialize) {
+    out.extend_from_slice(b"data: ");
+    // Writing to a Vec cannot fail, and these types always serialize.
+    let _ = serde_json::to_writer(&mut *out, value);
+    out.extend_from_slice(b"\n\n");
+}
+
+fn write_event(out: &mut Vec<u8>, name: &str, value: &impl Serialize) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    write_data(out, value);
+}
+
+fn write_raw_event(out: &mut Vec<u8>, name: &str, json: &[u8]) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Anthropic -> OpenAI
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    message: Option<AStart<'a>>,
+    index: Option<u64>,
+    #[serde(borrow)]
+    content_block: Option<ABlock<'a>>,
+    #[serde(borrow)]
+    delta: Option<ADelta<'a>>,
+    usage: Option<AUsage>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AStart<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    usage: Option<AUsage>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ABlock<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    text: Cow<'a, str>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ADelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(default)]
+struct AUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AErrorEvent<'a> {
+    #[serde(borrow)]
+    error: Option<AError<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AError<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct OChunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: &'a [OChoice<'a>],
+    /// Absent without `include_usage`; null on every chunk but the usage chunk with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<OUsage>>,
+}
+
+#[derive(Serialize)]
+struct OChoice<'a> {
+    index: u32,
+    delta: ODelta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Serialize, Default)]
+struct ODelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[OToolDelta<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct OToolDelta<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: OFunctionDelta<'a>,
+}
+
+#[derive(Serialize)]
+struct OFunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct OUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: OCached,
+}
+
+#[derive(Serialize)]
+struct OCached {
+    cached_tokens: u64,
+}
 
 /// Anthropic stream events -> OpenAI `chat.completion.chunk` SSE.
 #[derive(Debug, Default)]
-pub struct AnthropicToOpenAi {}
+pub struct AnthropicToOpenAi {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    started: bool,
+    /// `[DONE]` sent.
+    done: bool,
+    /// An error was sent; nothing follows it.
+    failed: bool,
+    /// (Anthropic content block index, OpenAI tool call index) of each tool_use block.
+    tools: Vec<(u64, u32)>,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_creation: u64,
+    cache_read: u64,
+}
 
 impl AnthropicToOpenAi {
     pub fn new(created_s: u64, include_usage: bool) -> Self {
-        let _ = (created_s, include_usage);
-        Self {}
+        Self { created: created_s, include_usage, id: "chatcmpl-".into(), ..Self::default() }
+    }
+
+    /// True once `[DONE]` was sent.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// True once an error was sent to the client.
+    pub fn is_failed(&self) -> bool {
+        self.failed
     }
 
     /// One Anthropic event (`event:` name, `data:` JSON) -> zero or more `data: {...}\n\n`
     /// chunks (and `data: [DONE]\n\n` after `message_stop`).
     pub fn on_event(&mut self, event: &[u8], data: &[u8], out: &mut Vec<u8>) {
-        let _ = (event, data, out);
+        if self.done || self.failed {
+            return;
+        }
+        if event == b"error" {
+            self.on_error(data, out);
+            return;
+        }
+        let Ok(ev) = serde_json::from_slice::<AEvent<'_>>(data) else { return };
+        let name: &[u8] = if event == b"message" || event.is_empty() { ev.kind.as_bytes() } else { event };
+        match name {
+            b"message_start" => {
+                if self.started {
+                    return;
+                }
+                if let Some(m) = &ev.message {
+                    self.id.push_str(&m.id);
+                    self.model.push_str(&m.model);
+                    if let Some(u) = m.usage {
+                        self.add_usage(u);
+                    }
+                }
+                self.start(out);
+            }
+            b"content_block_start" => {
+                let (Some(index), Some(block)) = (ev.index, &ev.content_block) else { return };
+                match block.kind.as_ref() {
+                    "tool_use" => {
+                        if self.tools.len() >= MAX_TOOL_BLOCKS as usize {
+                            self.fail(out, "too many tool calls in one stream");
+                            return;
+                        }
+                        let tool = u32::try_from(self.tools.len()).unwrap_or(u32::MAX);
+                        self.tools.push((index, tool));
+                        let call = OToolDelta {
+                            index: tool,
+                            id: Some(&block.id),
+                            kind: Some("function"),
+                            function: OFunctionDelta { name: Some(&block.name), arguments: "" },
+                        };
+                        self.chunk(out, ODelta { tool_calls: Some([call]), ..ODelta::default() }, None);
+                    }
+                    "text" if !block.text.is_empty() => {
+                        self.chunk(out, ODelta { content: Some(&block.text), ..ODelta::default() }, None)
+                    }
+                    _ => {}
+                }
+            }
+            b"content_block_delta" => {
+                let Some(delta) = &ev.delta else { return };
+                match delta.kind.as_deref() {
+                    Some("text_delta") => {
+                        if let Some(t) = delta.text.as_deref().filter(|t| !t.is_empty()) {
+                            self.chunk(out, ODelta { content: Some(t), ..ODelta::default() }, None);
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        let Some(index) = ev.index else { return };
+                        let Some(&(_, tool)) = self.tools.iter().rev().find(|(b, _)| *b == index) else { return };
+                        let Some(args) = delta.partial_json.as_deref().filter(|a| !a.is_empty()) else { return };
+                        let call = OToolDelta {
+                            index: tool,
+                            id: None,
+                            kind: None,
+                            function: OFunctionDelta { name: None, arguments: args },
+                        };
+                        self.chunk(out, ODelta { tool_calls: Some([call]), ..ODelta::default() }, None);
+                    }
+                    _ => {}
+                }
+            }
+            b"message_delta" => {
+                if let Some(u) = ev.usage {
+                    // message_delta usage is cumulative: overwrite what it reports.
+                    self.set_usage(u);
+                }
+                if let Some(reason) = ev.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
+                    self.chunk(out, ODelta::default(), Some(finish_reason(reason)));
+                }
+            }
+            b"message_stop" => {
+                self.start(out);
+                if self.include_usage {
+                    let prompt =
+                        self.input_tokens.saturating_add(self.cache_creation).saturating_add(self.cache_read);
+                    let usage = OUsage {
+                        prompt_tokens: prompt,
+                        completion_tokens: self.output_tokens,
+                        total_tokens: prompt.saturating_add(self.output_tokens),
+                        prompt_tokens_details: OCached { cached_tokens: self.cache_read },
+                    };
+                    let chunk = OChunk {
+                        id: &self.id,
+                        object: "chat.completion.chunk",
+                        created: self.created,
+                        model: &self.model,
+                        choices: &[],
+                        usage: Some(Some(usage)),
+                    };
+                    write_data(out, &chunk);
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                self.done = true;
+            }
+            _ => {} // ping, content_block_stop, unknown events
+        }
     }
+
+    /// End of the upstream body: if the stream did not reach `message_stop` (and no error was
+    /// sent), appends an error chunk saying so. Never appends `[DONE]`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.done && !self.failed {
+            self.fail(out, "the upstream stream ended before message_stop");
+        }
+    }
+
+    fn add_usage(&mut self, u: AUsage) {
+        self.input_tokens = self.input_tokens.saturating_add(u.input_tokens.unwrap_or(0));
+        self.output_tokens = self.output_tokens.saturating_add(u.output_tokens.unwrap_or(0));
+        self.cache_creation = self.cache_creation.saturating_add(u.cache_creation_input_tokens.unwrap_or(0));
+        self.cache_read = self.cache_read.saturating_add(u.cache_read_input_tokens.unwrap_or(0));
+    }
+
+    fn set_usage(&mut self, u: AUsage) {
+        self.input_tokens = u.input_tokens.unwrap_or(self.input_tokens);
+        self.output_tokens = u.output_tokens.unwrap_or(self.output_tokens);
+        self.cache_creation = u.cache_creation_input_tokens.unwrap_or(self.cache_creation);
+        self.cache_read = u.cache_read_input_tokens.unwrap_or(self.cache_read);
+    }
+
+    /// The first chunk (role), once.
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            self.chunk(out, ODelta { role: Some("assistant"), content: Some(""), tool_calls: None }, None);
+        }
+    }
+
+    fn chunk(&mut self, out: &mut Vec<u8>, delta: ODelta<'_>, finish: Option<&str>) {
+        if !self.started {
+            self.start(out);
+        }
+        let choices = [OChoice { index: 0, delta, logprobs: None, finish_reason: finish }];
+        let chunk = OChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &choices,
+            usage: if self.include_usage { Some(None) } else { None },
+        };
+        write_data(out, &chunk);
+    }
+
+    fn on_error(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let parsed = serde_json::from_slice::<AErrorEvent<'_>>(data).ok().and_then(|e| e.error);
+        let (kind, message) = match &parsed {
+            Some(e) => (e.kind.as_ref(), e.message.as_ref()),
+            None => ("api_error", "the upstream stream reported an error"),
+        };
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&openai_error_body(kind, 0, message));
+        out.extend_from_slice(b"\n\n");
+        self.failed = true;
+    }
+
+    fn fail(&mut self, out: &mut Vec<u8>, message: &str) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&openai_error_body("api_error", 0, message));
+        out.extend_from_slice(b"\n\n");
+        self.failed = true;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI -> Anthropic
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OChunkIn<'a> {
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    #[serde(borrow)]
+    choices: Option<Vec<OChoiceIn<'a>>>,
+    usage: Option<OUsageIn>,
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OChoiceIn<'a> {
+    index: u32,
+    #[serde(borrow)]
+    delta: Option<ODeltaIn<'a>>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ODeltaIn<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<OToolIn<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OToolIn<'a> {
+    index: Option<u32>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    function: Option<OFunctionIn<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OFunctionIn<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(default)]
+struct OUsageIn {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    prompt_tokens_details: Option<OCachedIn>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(default)]
+struct OCachedIn {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct AMessageStartOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: AMessageOut<'a>,
+}
+
+#[derive(Serialize)]
+struct AMessageOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    content: [(); 0],
+    model: &'a str,
+    stop_reason: Option<()>,
+    stop_sequence: Option<()>,
+    usage: AUsageOut,
+}
+
+#[derive(Serialize)]
+struct AUsageOut {
+    input_tokens: u64,
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
+    output_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ABlockStartOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u32,
+    content_block: ABlockOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ABlockOut<'a> {
+    Text { text: &'static str },
+    ToolUse { id: &'a str, name: &'a str, input: Empty },
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct ABlockDeltaOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u32,
+    delta: ADeltaOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ADeltaOut<'a> {
+    TextDelta { text: &'a str },
+    InputJsonDelta { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct ABlockStopOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u32,
+}
+
+#[derive(Serialize)]
+struct AMessageDeltaOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    delta: AStopOut,
+    usage: AUsageOut,
+}
+
+#[derive(Serialize)]
+struct AStopOut {
+    stop_reason: &'static str,
+    stop_sequence: Option<()>,
+}
+
+#[derive(Serialize)]
+struct ATypeOnly {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// The content block being streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Text,
+    /// A tool call, by its OpenAI index.
+    Tool(u32),
 }
 
 /// OpenAI `chat.completion.chunk` SSE -> Anthropic stream events.
 #[derive(Debug, Default)]
-pub struct OpenAiToAnthropic {}
+pub struct OpenAiToAnthropic {
+    id: String,
+    started: bool,
+    /// `message_stop` sent.
+    done: bool,
+    /// An error event was sent; nothing follows it.
+    failed: bool,
+    /// The open block and its Anthropic index.
+    open: Option<(Open, u32)>,
+    /// Anthropic index of the next block.
+    next_block: u32,
+    /// Highest OpenAI tool index started so far.
+    last_tool: Option<u32>,
+    stop_reason: Option<&'static str>,
+    usage: Option<OUsageIn>,
+    /// `message_delta` sent.
+    delta_sent: bool,
+}
 
 impl OpenAiToAnthropic {
     pub fn new(id_suffix: u64) -> Self {
-        let _ = id_suffix;
-        Self {}
+        Self { id: format!("msg_{id_suffix:016x}"), ..Self::default() }
+    }
+
+    /// True once `message_stop` was sent.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// True once an error event was sent to the client.
+    pub fn is_failed(&self) -> bool {
+        self.failed
     }
 
     /// One OpenAI `data:` payload (a chunk JSON, an error JSON, or `[DONE]`) -> zero or more
     /// `event: X\ndata: {...}\n\n` Anthropic events.
     pub fn on_data(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        let _ = (data, out);
+        if self.done || self.failed {
+            return;
+        }
+        let data = data.trim_ascii();
+        if data == b"[DONE]" {
+            self.on_done(out);
+            return;
+        }
+        let Ok(chunk) = serde_json::from_slice::<OChunkIn<'_>>(data) else { return };
+        if let Some(err) = chunk.error.as_ref().filter(|e| !e.is_null()) {
+            let (kind, message) = openai_error_fields(Some(err), 0, data);
+            self.send_error(out, kind, &message);
+            return;
+        }
+        self.start(out, &chunk.model);
+        for choice in chunk.choices.iter().flatten().filter(|c| c.index == 0) {
+            if let Some(delta) = &choice.delta {
+                for text in [&delta.content, &delta.refusal].into_iter().flatten() {
+                    if !text.is_empty() {
+                        self.text(out, text);
+                    }
+                }
+                for call in delta.tool_calls.iter().flatten() {
+                    if !self.tool_call(out, call) {
+                        return;
+                    }
+                }
+            }
+            if let Some(reason) = &choice.finish_reason {
+                self.close(out);
+                self.stop_reason = Some(stop_reason(reason));
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage);
+            if self.stop_reason.is_some() {
+                self.message_delta(out);
+            }
+        }
+    }
+
+    /// End of the upstream body: if the stream did not reach `[DONE]` (and no error was sent),
+    /// appends an `event: error` saying so. Never appends `message_stop`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.done && !self.failed {
+            self.send_error(out, "api_error", "the upstream stream ended before data: [DONE]");
+        }
+    }
+
+    fn on_done(&mut self, out: &mut Vec<u8>) {
+        if self.stop_reason.is_none() {
+            self.send_error(out, "api_error", "the upstream stream ended without a finish_reason");
+            return;
+        }
+        self.close(out);
+        self.message_delta(out);
+        write_event(out, "message_stop", &ATypeOnly { kind: "message_stop" });
+        self.done = true;
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>, model: &str) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let start = AMessageStartOut {
+            kind: "message_start",
+            message: AMessageOut {
+                id: &self.id,
+                kind: "message",
+                role: "assistant",
+                content: [],
+                model,
+                stop_reason: None,
+                stop_sequence: None,
+                usage: AUsageOut {
+                    input_tokens: 0,
+                    cache_creation_input_tokens: 0,
+                    cache_read_input_tokens: 0,
+                    output_tokens: 0,
+                },
+            },
+        };
+        write_event(out, "message_start", &start);
+    }
+
+    fn text(&mut self, out: &mut Vec<u8>, text: &str) {
+        let index = match self.open {
+            Some((Open::Text, i)) => i,
+            _ => self.open_block(out, Open::Text, ABlockOut::Text { text: "" }),
+        };
+        let delta = ABlockDeltaOut { kind: "content_block_delta", index, delta: ADeltaOut::TextDelta { text } };
+        write_event(out, "content_block_delta", &delta);
+    }
+
+    /// False when the stream failed.
+    fn tool_call(&mut self, out: &mut Vec<u8>, call: &OToolIn<'_>) -> bool {
+        let tool = match (call.index, self.open) {
+            (Some(i), _) => i,
+            // No index (some compatible servers): the open tool call, or the next one.
+            (None, Some((Open::Tool(i), _))) if call.id.is_none() => i,
+            (None, _) => self.last_tool.map_or(0, |t| t.saturating_add(1)),
+        };
+        let function = call.function.as_ref();
+        let index = match self.open {
+            Some((Open::Tool(t), i)) if t == tool => i,
+            _ => {
+                if self.last_tool.is_some_and(|last| tool <= last) {
+                    self.send_error(out, "api_error", "the upstream stream returned to a tool call that was closed");
+                    return false;
+                }
+                if tool >= MAX_TOOL_BLOCKS {
+                    self.send_error(out, "api_error", "too many tool calls in one stream");
+                    return false;
+                }
+                self.last_tool = Some(tool);
+                let id = call.id.as_deref().unwrap_or_default();
+                let name = function.and_then(|f| f.name.as_deref()).unwrap_or_default();
+                let block = ABlockOut::ToolUse { id, name, input: Empty {} };
+                self.open_block(out, Open::Tool(tool), block)
+            }
+        };
+        if let Some(args) = function.and_then(|f| f.arguments.as_deref()).filter(|a| !a.is_empty()) {
+            let delta = ABlockDeltaOut {
+                kind: "content_block_delta",
+                index,
+                delta: ADeltaOut::InputJsonDelta { partial_json: args },
+            };
+            write_event(out, "content_block_delta", &delta);
+        }
+        true
+    }
+
+    fn open_block(&mut self, out: &mut Vec<u8>, kind: Open, block: ABlockOut<'_>) -> u32 {
+        self.close(out);
+        let index = self.next_block;
+        self.next_block = self.next_block.saturating_add(1);
+        self.open = Some((kind, index));
+        write_event(out, "content_block_start", &ABlockStartOut { kind: "content_block_start", index, content_block: block });
+        index
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if let Some((_, index)) = self.open.take() {
+            write_event(out, "content_block_stop", &ABlockStopOut { kind: "content_block_stop", index });
+        }
+    }
+
+    fn message_delta(&mut self, out: &mut Vec<u8>) {
+        let Some(stop_reason) = self.stop_reason else { return };
+        if self.delta_sent {
+            return;
+        }
+        self.delta_sent = true;
+        let u = self.usage.unwrap_or_default();
+        let cached = u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
+        let delta = AMessageDeltaOut {
+            kind: "message_delta",
+            delta: AStopOut { stop_reason, stop_sequence: None },
+            usage: AUsageOut {
+                input_tokens: u.prompt_tokens.saturating_sub(cached),
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: cached,
+                output_tokens: u.completion_tokens,
+            },
+        };
+        write_event(out, "message_delta", &delta);
+    }
+
+    fn send_error(&mut self, out: &mut Vec<u8>, kind: &str, message: &str) {
+        write_raw_event(out, "error", &anthropic_error_body(kind, message));
+        self.failed = true;
     }
 }

@@ -1,0 +1,247 @@
+//! What an answer must become for the client: the host's stream or JSON turned into the
+//! client's format, and watched on the way.
+//!
+//! [`StreamPipeline`] takes the host's stream chunk by chunk (SSE, or Bedrock's binary
+//! event-stream), hands every event to the host format's monitor (is the stream complete, did it
+//! fail, how many tokens) and, when the client speaks another format, to a translator whose output
+//! replaces the chunk. Nothing is held back beyond an unfinished event, so the client sees each
+//! event as soon as the host sends it.
+//!
+//! [`translate_json`] rewrites a whole non-streaming body (an answer, or an error the client gets)
+//! when the formats differ, and turns Bedrock's and Vertex's own error shapes into Anthropic ones.
+
+use crate::classify::StreamVerdict;
+use crate::config::{Api, ClientApi};
+use crate::providers::bedrock;
+use crate::providers::bedrock_stream::BedrockStream;
+use crate::providers::StreamMonitor;
+use crate::sse::SseParser;
+use crate::translate::response;
+use crate::translate::stream::{AnthropicToOpenAi, OpenAiToAnthropic};
+use serde_json::{json, Value};
+
+/// Does the answer of a host of `api` to a client of `client` need rewriting at all?
+pub fn rewrites(api: Api, client: ClientApi) -> bool {
+    api == Api::Bedrock || api == Api::Vertex || api.format() != client
+}
+
+#[derive(Debug)]
+enum Translator {
+    /// The client reads the host's bytes as they are.
+    None,
+    /// Anthropic events written back as Anthropic SSE (Bedrock's decoded event-stream).
+    AnthropicSse,
+    AnthropicToOpenAi(AnthropicToOpenAi),
+    OpenAiToAnthropic(OpenAiToAnthropic),
+}
+
+/// A streamed answer on its way from a host to the client.
+#[derive(Debug)]
+pub struct StreamPipeline {
+    parser: SseParser,
+    bedrock: Option<BedrockStream>,
+    monitor: StreamMonitor,
+    translator: Translator,
+    out: Vec<u8>,
+}
+
+impl StreamPipeline {
+    /// `event_stream`: the host answered `application/vnd.amazon.eventstream` (Bedrock).
+    /// `created_s` and `id_suffix` seed the ids of translated chunks.
+    pub fn new(api: Api, event_stream: bool, client: ClientApi, include_usage: bool, created_s: u64, id_suffix: u64) -> Self {
+        let host = api.format();
+        let bedrock = event_stream.then(BedrockStream::new);
+        let translator = match (host, client) {
+            (ClientApi::Anthropic, ClientApi::OpenAi) => {
+                Translator::AnthropicToOpenAi(AnthropicToOpenAi::new(created_s, include_usage))
+            }
+            (ClientApi::OpenAi, ClientApi::Anthropic) => Translator::OpenAiToAnthropic(OpenAiToAnthropic::new(id_suffix)),
+            _ if event_stream => Translator::AnthropicSse,
+            _ => Translator::None,
+        };
+        StreamPipeline { parser: SseParser::new(), bedrock, monitor: StreamMonitor::new(host), translator, out: Vec::new() }
+    }
+
+    /// True when the client gets other bytes than the host sent.
+    pub fn rewrites(&self) -> bool {
+        !matches!(self.translator, Translator::None)
+    }
+
+    /// Feeds one chunk of the host's body. Returns the bytes to send instead of it when the
+    /// pipeline rewrites (possibly empty while an event is unfinished).
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<&[u8]> {
+        self.out.clear();
+        let StreamPipeline { parser, bedrock, monitor, translator, out } = self;
+        let mut on_event = |event: &[u8], data: &[u8]| {
+            monitor.on_event(event, data);
+            match translator {
+                Translator::None => {}
+                Translator::AnthropicSse => write_sse(out, event, data),
+                Translator::AnthropicToOpenAi(t) => t.on_event(event, data, out),
+                Translator::OpenAiToAnthropic(t) => t.on_data(data, out),
+            }
+        };
+        match bedrock {
+            Some(b) => b.feed(chunk, &mut on_event),
+            None => parser.feed(chunk, &mut on_event),
+        }
+        self.rewrites().then_some(self.out.as_slice())
+    }
+
+    /// How the stream ended (final once the body has ended).
+    pub fn verdict(&self) -> StreamVerdict {
+        match self.monitor.verdict() {
+            StreamVerdict::Complete if self.parser.overflowed() => StreamVerdict::Truncated,
+            v => v,
+        }
+    }
+
+    /// (input tokens, output tokens) the host reported.
+    pub fn usage(&self) -> (Option<u64>, Option<u64>) {
+        self.monitor.usage()
+    }
+}
+
+/// Writes one SSE event; a newline inside JSON can only be whitespace, so it becomes a space.
+fn write_sse(out: &mut Vec<u8>, event: &[u8], data: &[u8]) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event);
+    out.extend_from_slice(b"\ndata: ");
+    out.extend(data.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Rewrites a whole JSON body from a host of `api` (HTTP `status`) for a client of `client`.
+/// None when the body goes through unchanged.
+pub fn translate_json(api: Api, client: ClientApi, status: u16, body: &[u8], created_s: u64) -> Option<Vec<u8>> {
+    let success = (200..300).contains(&status);
+    // First, errors in the host's own dialect become errors of its format.
+    let normalized = match api {
+        _ if success => None,
+        Api::Bedrock => Some(bedrock::error_to_anthropic(status, body)),
+        Api::Vertex if !is_anthropic_error(body) => Some(google_error_to_anthropic(status, body)),
+        _ => None,
+    };
+    let body = normalized.as_deref().unwrap_or(body);
+    let translated = match (api.format(), client, success) {
+        (ClientApi::Anthropic, ClientApi::OpenAi, true) => response::anthropic_to_openai(body, created_s),
+        (ClientApi::OpenAi, ClientApi::Anthropic, true) => response::openai_to_anthropic(body),
+        (ClientApi::Anthropic, ClientApi::OpenAi, false) => Some(response::anthropic_error_to_openai(status, body)),
+        (ClientApi::OpenAi, ClientApi::Anthropic, false) => Some(response::openai_error_to_anthropic(status, body)),
+        _ => None,
+    };
+    translated.or(normalized)
+}
+
+fn is_anthropic_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("error"))
+}
+
+/// A Google API error (`{"error":{"code","message","status"}}`, sometimes inside an array) as
+/// an Anthropic error.
+fn google_error_to_anthropic(status: u16, body: &[u8]) -> Vec<u8> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let e = v.get("error").or_else(|| v.get(0).and_then(|x| x.get("error")));
+    let message = e
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("Vertex AI answered HTTP {status}"), str::to_string);
+    json!({"type": "error", "error": {"type": bedrock::error_type(status), "message": message}}).to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventstream;
+
+    const ANTHROPIC_EVENTS: [&str; 6] = [
+        r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-opus-4-6","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":5}}"#,
+        r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":12,"outputTokenCount":5}}"#,
+    ];
+
+    fn bedrock_stream_bytes() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for e in ANTHROPIC_EVENTS {
+            bytes.extend(crate::providers::bedrock_stream::encode_chunk_event(e.as_bytes()));
+        }
+        bytes
+    }
+
+    fn run(p: &mut StreamPipeline, bytes: &[u8], piece: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in bytes.chunks(piece) {
+            if let Some(o) = p.feed(c) {
+                out.extend_from_slice(o);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bedrock_event_stream_becomes_anthropic_sse_at_any_split() {
+        let bytes = bedrock_stream_bytes();
+        let whole = run(&mut StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0), &bytes, bytes.len());
+        for piece in [1, 3, 7, 64] {
+            let mut p = StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0);
+            assert_eq!(run(&mut p, &bytes, piece), whole, "piece {piece}");
+            assert_eq!(p.verdict(), StreamVerdict::Complete);
+            assert_eq!(p.usage(), (Some(12), Some(5)));
+        }
+        let text = String::from_utf8(whole).unwrap();
+        assert!(text.starts_with("event: message_start\ndata: {"), "{text}");
+        assert_eq!(text.matches("\n\n").count(), 6);
+        // The client's own monitor agrees the stream is complete.
+        let mut m = crate::providers::anthropic::StreamMonitor::new();
+        m.feed(text.as_bytes());
+        assert_eq!(m.verdict(), StreamVerdict::Complete);
+    }
+
+    #[test]
+    fn bedrock_cut_mid_frame_is_truncated_and_exceptions_are_errors() {
+        let bytes = bedrock_stream_bytes();
+        let mut p = StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0);
+        run(&mut p, &bytes[..bytes.len() - 10], 5);
+        assert_eq!(p.verdict(), StreamVerdict::Truncated);
+        let mut bytes = crate::providers::bedrock_stream::encode_chunk_event(ANTHROPIC_EVENTS[0].as_bytes());
+        bytes.extend(crate::providers::bedrock_stream::encode_exception("throttlingException", "slow down"));
+        let mut p = StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0);
+        let out = String::from_utf8(run(&mut p, &bytes, 9)).unwrap();
+        assert!(matches!(p.verdict(), StreamVerdict::Error { .. }), "{out}");
+        assert!(out.contains("event: error\n"), "{out}");
+        let _ = eventstream::encode(&[], b"");
+    }
+
+    #[test]
+    fn same_format_streams_pass_through_and_are_watched() {
+        let sse: String = ANTHROPIC_EVENTS.iter().map(|e| {
+            let v: Value = serde_json::from_str(e).unwrap();
+            format!("event: {}\ndata: {e}\n\n", v["type"].as_str().unwrap())
+        }).collect();
+        let mut p = StreamPipeline::new(Api::Anthropic, false, ClientApi::Anthropic, false, 0, 0);
+        assert!(p.feed(sse.as_bytes()).is_none());
+        assert_eq!(p.verdict(), StreamVerdict::Complete);
+        // Vertex streams are Anthropic SSE: watched, not rewritten.
+        let mut p = StreamPipeline::new(Api::Vertex, false, ClientApi::Anthropic, false, 0, 0);
+        assert!(p.feed(sse.as_bytes()).is_none());
+        assert_eq!(p.verdict(), StreamVerdict::Complete);
+    }
+
+    #[test]
+    fn host_errors_become_anthropic_errors() {
+        let b = translate_json(Api::Bedrock, ClientApi::Anthropic, 400, br#"{"message":"bad"}"#, 0).unwrap();
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let g = br#"{"error":{"code":404,"message":"Publisher Model not found","status":"NOT_FOUND"}}"#;
+        let v: Value = serde_json::from_slice(&translate_json(Api::Vertex, ClientApi::Anthropic, 404, g, 0).unwrap()).unwrap();
+        assert_eq!(v["error"], json!({"type": "not_found_error", "message": "Publisher Model not found"}));
+        // Anthropic-shaped errors from Vertex, and successes from Anthropic-format hosts, pass.
+        let a = br#"{"type":"error","error":{"type":"invalid_request_error","message":"x"}}"#;
+        assert_eq!(translate_json(Api::Vertex, ClientApi::Anthropic, 400, a, 0), None);
+        assert_eq!(translate_json(Api::Bedrock, ClientApi::Anthropic, 200, b"{}", 0), None);
+        assert_eq!(translate_json(Api::Anthropic, ClientApi::Anthropic, 400, a, 0), None);
+    }
+}

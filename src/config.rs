@@ -965,4 +965,70 @@ mod tests {
         assert_eq!(c.chain_for("/v1/messages?beta=true", &none), Some(1));
         assert_eq!(c.chain_for("/v2/other", &none), None);
     }
+
+    const HOSTS: &str = r#"{
+        "providers": [
+            {"name":"anthropic","cluster":"a"},
+            {"name":"vertex","cluster":"v","api":"vertex","vertex":{"project":"p-1","region":"us-east5"},
+             "models":{"claude-opus-4-6":"claude-opus-4-6@20260201"}},
+            {"name":"bedrock","cluster":"b","api":"bedrock","models":{"claude-opus-4-6":"us.anthropic.claude-opus-4-6-v1:0"}},
+            {"name":"openai","cluster":"o","api":"openai"},
+            {"name":"azure","cluster":"z","api":"azure_openai","azure":{"api_version":"2024-10-21"}}
+        ],
+        "chains": [
+            {"providers":["anthropic","vertex","bedrock",{"provider":"openai","models":{"claude-opus-4-6":"gpt-4o"}}]},
+            {"match":{"path_prefix":"/v1/chat"},"providers":["openai",{"provider":"azure","default_model":"prod"},
+              {"provider":"anthropic","same_model":true,"models":{"gpt-4o":"claude-opus-4-6"}}]}
+        ]
+    }"#;
+
+    #[test]
+    fn hosts_chains_and_model_maps() {
+        let c = parse(HOSTS.as_bytes(), no_env).unwrap();
+        let (claude, gpt) = (&c.chains[0], &c.chains[1]);
+        assert_eq!(claude.client_api, ClientApi::Anthropic);
+        assert_eq!(gpt.client_api, ClientApi::OpenAi);
+        // Claude hosts serve the same model; another vendor does not, unless the entry says so.
+        assert_eq!(claude.same_model, vec![true, true, true, false]);
+        assert_eq!(gpt.same_model, vec![true, true, true]);
+        let (a, o) = (Api::Anthropic, Api::OpenAi);
+        // The claude chain's first host passes requests through untouched: the hot path.
+        assert!(claude.models[0].passes_through(a, ClientApi::Anthropic, None));
+        // Its OpenAI entry maps Claude to GPT for this chain only.
+        assert_eq!(claude.models[3].model_for(o, ClientApi::Anthropic, "claude-opus-4-6"), Some("gpt-4o"));
+        assert_eq!(claude.models[3].model_for(o, ClientApi::Anthropic, "claude-haiku-4-5"), None);
+        assert!(gpt.models[0].passes_through(o, ClientApi::OpenAi, None));
+        assert_eq!(gpt.models[1].model_for(Api::AzureOpenAi, ClientApi::OpenAi, "anything"), Some("prod"));
+        // Bedrock needs a mapping; Vertex takes an unmapped Claude name as is.
+        assert_eq!(claude.models[2].model_for(Api::Bedrock, ClientApi::Anthropic, "claude-haiku-4-5"), None);
+        assert_eq!(claude.models[1].model_for(Api::Vertex, ClientApi::Anthropic, "claude-haiku-4-5"), Some("claude-haiku-4-5"));
+        assert_eq!(c.providers[1].vertex, Some(VertexSettings { project: "p-1".into(), region: "us-east5".into() }));
+        assert_eq!(claude.on_untranslatable, OnUntranslatable::Refuse);
+        assert_eq!(c.default_max_tokens, 4096);
+    }
+
+    #[test]
+    fn host_settings_are_required_where_needed_and_refused_elsewhere() {
+        let one = |p: &str| format!(r#"{{"providers":[{p}],"chains":[{{"providers":["x"]}}]}}"#);
+        for (p, field) in [
+            (r#"{"name":"x","cluster":"c","api":"vertex"}"#, "providers[0].vertex"),
+            (r#"{"name":"x","cluster":"c","api":"azure_openai"}"#, "providers[0].azure"),
+            (r#"{"name":"x","cluster":"c","azure":{"api_version":"1"}}"#, "providers[0].azure"),
+            (r#"{"name":"x","cluster":"c","api":"vertex","vertex":{"project":"a/b","region":"r"}}"#, "providers[0].vertex.project"),
+            (r#"{"name":"x","cluster":"c","api":"vertex","vertex":{"project":"p"}}"#, "providers[0].vertex"),
+            (r#"{"name":"x","cluster":"c","api":"bedrok"}"#, "providers[0].api"),
+            (r#"{"name":"x","cluster":"c","models":{"a":"b/c"}}"#, "providers[0].models.a"),
+            (r#"{"name":"x","cluster":"c","default_model":""}"#, "providers[0].default_model"),
+        ] {
+            assert_eq!(parse_err(&one(p)).field, field, "{p}");
+        }
+        let e = parse_err(
+            r#"{"providers":[{"name":"x","cluster":"c"}],"chains":[{"providers":[{"provider":"x","models":{"m":"a b"}}]}]}"#,
+        );
+        assert_eq!(e.field, "chains[0].providers[0].models.m");
+        let e = parse_err(
+            r#"{"providers":[{"name":"x","cluster":"c"}],"chains":[{"providers":["x"],"on_untranslatable":"drop"}]}"#,
+        );
+        assert_eq!(e.field, "chains[0].on_untranslatable");
+    }
 }

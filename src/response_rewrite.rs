@@ -13,7 +13,7 @@
 use crate::classify::StreamVerdict;
 use crate::config::{Api, ClientApi};
 use crate::providers::bedrock;
-use crate::providers::bedrock_stream::BedrockStream;
+use crate::providers::bedrock_stream::{self, BedrockStream};
 use crate::providers::StreamMonitor;
 use crate::sse::SseParser;
 use crate::translate::response;
@@ -76,7 +76,7 @@ impl StreamPipeline {
             monitor.on_event(event, data);
             match translator {
                 Translator::None => {}
-                Translator::AnthropicSse => write_sse(out, event, data),
+                Translator::AnthropicSse => bedrock_stream::write_sse(out, event, data),
                 Translator::AnthropicToOpenAi(t) => t.on_event(event, data, out),
                 Translator::OpenAiToAnthropic(t) => t.on_data(data, out),
             }
@@ -100,15 +100,6 @@ impl StreamPipeline {
     pub fn usage(&self) -> (Option<u64>, Option<u64>) {
         self.monitor.usage()
     }
-}
-
-/// Writes one SSE event; a newline inside JSON can only be whitespace, so it becomes a space.
-fn write_sse(out: &mut Vec<u8>, event: &[u8], data: &[u8]) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(event);
-    out.extend_from_slice(b"\ndata: ");
-    out.extend(data.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
-    out.extend_from_slice(b"\n\n");
 }
 
 /// Rewrites a whole JSON body from a host of `api` (HTTP `status`) for a client of `client`.

@@ -177,3 +177,707 @@ def test_reset_truncate_and_hang(mock):
     assert s.recv(100) == b""
     assert time.time() - t0 < 2
     s.close()
+
+
+# ======================================================================================
+# One mock per provider API (api=...): strict checks, credentials, tools, fault shapes.
+# ======================================================================================
+
+import base64  # noqa: E402
+import json  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import zlib  # noqa: E402
+
+import openai  # noqa: E402
+
+from mock_provider import make_server  # noqa: E402
+
+VERTEX_MODEL = "claude-opus-4-6"
+VERTEX_PREFIX = "/v1/projects/demo-project/locations/us-east5/publishers/anthropic/models"
+BEDROCK_MODEL = "us.anthropic.claude-opus-4-6-v1:0"
+BEDROCK_PATH = "/model/us.anthropic.claude-opus-4-6-v1%3A0"
+AZURE_PATH = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+
+ANTH_BODY = {"model": MODEL, "max_tokens": 5, "messages": MSGS}
+VERTEX_BODY = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 5, "messages": MSGS}
+BEDROCK_BODY = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5, "messages": MSGS}
+OA_BODY = {"model": "gpt-4o", "messages": MSGS}
+
+HEADERS = {
+    "anthropic": {"x-api-key": "ak"},
+    "vertex": {"authorization": "Bearer tok"},
+    "bedrock": {"authorization": "Bearer bedrock-key"},
+    "openai": {"authorization": "Bearer sk-test"},
+    "azure": {"api-key": "az-key"},
+}
+ANTH_TOOLS = [{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}},
+              {"name": "other", "input_schema": {"type": "object"}}]
+OA_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+            {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}]
+
+
+@pytest.fixture
+def mocks():
+    started = []
+
+    def start(api="anthropic", name="primary", **options):
+        server, port = start_mock(name, api=api, **options)
+        started.append(server)
+        return server, f"http://127.0.0.1:{port}"
+
+    yield start
+    for s in started:
+        s.shutdown()
+
+
+def request_for(api, stream=False):
+    """(path, body) of a valid request to the `api` mock."""
+    if api == "anthropic":
+        return "/v1/messages", {**ANTH_BODY, **({"stream": True} if stream else {})}
+    if api == "vertex":
+        verb = "streamRawPredict" if stream else "rawPredict"
+        return f"{VERTEX_PREFIX}/{VERTEX_MODEL}:{verb}", {**VERTEX_BODY, **({"stream": True} if stream else {})}
+    if api == "bedrock":
+        return BEDROCK_PATH + ("/invoke-with-response-stream" if stream else "/invoke"), dict(BEDROCK_BODY)
+    if api == "openai":
+        return "/v1/chat/completions", {**OA_BODY, **({"stream": True} if stream else {})}
+    return AZURE_PATH, {"messages": MSGS, **({"stream": True} if stream else {})}
+
+
+def post(base, path, body, api=None, headers=None, **kw):
+    h = dict(HEADERS[api]) if api else {}
+    h.update(headers or {})
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(base + path, data=data, headers={"content-type": "application/json", **h},
+                         timeout=kw.pop("timeout", 5), **kw)
+
+
+def recorded(base):
+    return requests.get(f"{base}/_control/requests", timeout=5).json()
+
+
+def sse_blocks(text):
+    """[(event or None, data string)] of an SSE body."""
+    out = []
+    for block in text.split("\n\n"):
+        ev, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                ev = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        if data:
+            out.append((ev, "\n".join(data)))
+    return out
+
+
+def openai_stream(text):
+    """(chunk objects, saw [DONE]) of an OpenAI SSE body."""
+    datas = [d for _, d in sse_blocks(text)]
+    done = bool(datas) and datas[-1] == "[DONE]"
+    return [json.loads(d) for d in datas if d != "[DONE]"], done
+
+
+# ---- an independent AWS event-stream decoder (checks both CRCs) ---------------------------
+
+def es_decode(buf: bytes):
+    """Decodes complete frames from `buf`: ([(headers, payload)], leftover bytes)."""
+    frames, pos = [], 0
+    while len(buf) - pos >= 12:
+        total, hlen = struct.unpack_from(">II", buf, pos)
+        (pcrc,) = struct.unpack_from(">I", buf, pos + 8)
+        assert zlib.crc32(buf[pos:pos + 8]) == pcrc, "prelude CRC mismatch"
+        if len(buf) - pos < total:
+            break
+        (mcrc,) = struct.unpack_from(">I", buf, pos + total - 4)
+        assert zlib.crc32(buf[pos:pos + total - 4]) == mcrc, "message CRC mismatch"
+        headers, h, hend = {}, pos + 12, pos + 12 + hlen
+        while h < hend:
+            nlen = buf[h]
+            name = buf[h + 1:h + 1 + nlen].decode()
+            h += 1 + nlen
+            assert buf[h] == 7, "only string headers expected"
+            (vlen,) = struct.unpack_from(">H", buf, h + 1)
+            headers[name] = buf[h + 3:h + 3 + vlen].decode()
+            h += 3 + vlen
+        frames.append((headers, buf[hend:pos + total - 4]))
+        pos += total
+    return frames, buf[pos:]
+
+
+def bedrock_events(frames):
+    out = []
+    for headers, payload in frames:
+        assert headers[":message-type"] == "event" and headers[":event-type"] == "chunk"
+        assert headers[":content-type"] == "application/json"
+        p = json.loads(payload)
+        assert set(p) == {"bytes", "p"} and p["p"].isalnum()
+        out.append(json.loads(base64.b64decode(p["bytes"])))
+    return out
+
+
+def http_chunks(base, path, body, api="bedrock", headers=None):
+    """The HTTP chunks of a streamed answer, as sent, and the response."""
+    r = post(base, path, body, api, headers=headers, stream=True)
+    chunks = list(r.raw.read_chunked(decode_content=False))
+    return r, chunks
+
+
+# ---- anthropic -------------------------------------------------------------------------------
+
+def test_anthropic_strict_rejections_are_recorded(mocks):
+    _, base = mocks("anthropic")
+    cases = [
+        ({**ANTH_BODY, "foo": 1}, "foo: Extra inputs are not permitted"),
+        ({**ANTH_BODY, "anthropic_version": "2023-06-01"}, "anthropic_version: Extra inputs are not permitted"),
+        ({**ANTH_BODY, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role: Input should be 'user' or 'assistant'"),
+        ({**ANTH_BODY, "messages": [{"role": "user", "content": [{"text": "x"}]}]}, "messages.0.content.0.type: Field required"),
+        ({**ANTH_BODY, "messages": [{"role": "user", "content": 7}]}, "messages.0.content"),
+        ({**ANTH_BODY, "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "t", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2", "content": "x"}]}]},
+         "messages.2.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_2"),
+        ({**ANTH_BODY, "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}]},
+         "unexpected `tool_use_id`"),
+    ]
+    for body, message in cases:
+        r = post(base, "/v1/messages?beta=true", body, "anthropic")
+        assert r.status_code == 400, body
+        err = r.json()
+        assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
+        assert message in err["error"]["message"], (message, err)
+    recs = recorded(base)
+    assert len(recs) == len(cases)
+    assert all(rec["api"] == "anthropic" and rec["credential"] == {"x-api-key": "ak"} for rec in recs)
+    assert recs[0]["query"] == {"beta": "true"} and recs[0]["body"]["foo"] == 1
+    # Permissive mode accepts what strict refuses.
+    _, loose = mocks("anthropic", name="loose", strict=False)
+    assert post(loose, "/v1/messages", {**ANTH_BODY, "foo": 1, "anthropic_version": "x"}).status_code == 200
+
+
+def test_anthropic_tool_use_and_tool_result(mocks):
+    _, base = mocks("anthropic")
+    c = client(base)
+    ask = [{"role": "user", "content": "weather in Paris?"}]
+    msg = c.messages.create(model=MODEL, max_tokens=50, messages=ask, tools=ANTH_TOOLS)
+    assert msg.stop_reason == "tool_use"
+    (block,) = msg.content
+    assert block.type == "tool_use" and block.name == "get_weather" and block.input == {"location": "Paris"}
+    assert block.id.startswith("toolu_")
+    with c.messages.stream(model=MODEL, max_tokens=50, messages=ask, tools=ANTH_TOOLS) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "tool_use" and final.content[0].input == {"location": "Paris"}
+    raw = post(base, "/v1/messages", {**ANTH_BODY, "stream": True, "tools": ANTH_TOOLS}).text
+    assert raw.count("input_json_delta") == 3
+    # tool_choice names the tool / none.
+    picked = c.messages.create(model=MODEL, max_tokens=50, messages=ask, tools=ANTH_TOOLS,
+                               tool_choice={"type": "tool", "name": "other"})
+    assert picked.content[0].name == "other"
+    none = c.messages.create(model=MODEL, max_tokens=50, messages=ask, tools=ANTH_TOOLS, tool_choice={"type": "none"})
+    assert none.content[0].text == "Hello from primary"
+    # The tool result comes back.
+    turn = ask + [{"role": "assistant", "content": [{"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}]},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "15 degrees"}]}]
+    reply = c.messages.create(model=MODEL, max_tokens=50, messages=turn, tools=ANTH_TOOLS)
+    assert reply.content[0].text == "Tool said: 15 degrees" and reply.stop_reason == "end_turn"
+    with c.messages.stream(model=MODEL, max_tokens=50, messages=turn, tools=ANTH_TOOLS) as s:
+        assert "".join(s.text_stream) == "Tool said: 15 degrees"
+
+
+# ---- vertex ----------------------------------------------------------------------------------
+
+def vertex_client(base, **kw):
+    return anthropic.AnthropicVertex(region="us-east5", project_id="demo-project", access_token="tok",
+                                     base_url=base + "/v1", max_retries=0, timeout=5, **kw)
+
+
+VX = {"anthropic_version": "vertex-2023-10-16"}  # anthropic 2.14 sends its own version string by default
+
+
+def test_vertex_sdk_plain_stream_and_tools(mocks):
+    _, base = mocks("vertex")
+    c = vertex_client(base)
+    msg = c.messages.create(model="claude-opus-4-6@20250514", max_tokens=10, messages=MSGS, extra_body=VX)
+    assert msg.content[0].text == "Hello from primary" and msg.model == "claude-opus-4-6@20250514"
+    assert msg.id.startswith("msg_vrtx_") and msg.usage.input_tokens == 12 and msg.usage.output_tokens == 5
+    with c.messages.stream(model=VERTEX_MODEL, max_tokens=10, messages=MSGS, extra_body=VX) as s:
+        assert "".join(s.text_stream) == "Hello from primary"
+        assert s.get_final_message().model == VERTEX_MODEL
+    tool = c.messages.create(model=VERTEX_MODEL, max_tokens=10, messages=MSGS, tools=ANTH_TOOLS, extra_body=VX)
+    assert tool.stop_reason == "tool_use" and tool.content[0].input == {"location": "Paris"}
+    recs = recorded(base)
+    assert [r["route"]["verb"] for r in recs] == ["rawPredict", "streamRawPredict", "rawPredict"]
+    assert recs[0]["path"].endswith("/models/claude-opus-4-6@20250514:rawPredict")
+    assert recs[1]["model"] == VERTEX_MODEL and recs[1]["stream"] is True
+    assert all(r["api"] == "vertex" and r["credential"] == {"authorization": "Bearer tok"} for r in recs)
+    assert "model" not in recs[0]["body"] and recs[0]["body"]["anthropic_version"] == "vertex-2023-10-16"
+    # Without the override the SDK's own default version is refused, as strict Vertex would.
+    with pytest.raises(anthropic.BadRequestError):
+        c.messages.create(model=VERTEX_MODEL, max_tokens=10, messages=MSGS)
+
+
+def test_vertex_strict_rejections(mocks):
+    _, base = mocks("vertex", project="p1", region="europe-west1")
+    prefix = "/v1/projects/p1/locations/europe-west1/publishers/anthropic/models"
+    ok = f"{prefix}/{VERTEX_MODEL}:rawPredict"
+    assert post(base, ok, VERTEX_BODY, "vertex").status_code == 200
+    for path in (f"/v1/projects/demo-project/locations/europe-west1/publishers/anthropic/models/{VERTEX_MODEL}:rawPredict",
+                 f"/v1/projects/p1/locations/us-east5/publishers/anthropic/models/{VERTEX_MODEL}:rawPredict",
+                 f"/v1/projects/p1/locations/europe-west1/publishers/google/models/{VERTEX_MODEL}:rawPredict",
+                 f"{prefix}/{VERTEX_MODEL}:predict", f"{prefix}/gemini-2.0:rawPredict", "/v1/messages"):
+        r = post(base, path, VERTEX_BODY, "vertex")
+        assert r.status_code == 404, path
+        assert r.json()["error"]["code"] == 404 and r.json()["error"]["status"] == "NOT_FOUND"
+    for headers in ({"authorization": ""}, {"authorization": "Basic x"}):
+        r = post(base, ok, VERTEX_BODY, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"
+    stream_path = ok.replace(":rawPredict", ":streamRawPredict")
+    cases = [
+        (ok, {**VERTEX_BODY, "model": VERTEX_MODEL}, "model"),
+        (ok, {k: v for k, v in VERTEX_BODY.items() if k != "anthropic_version"}, "anthropic_version: Field required"),
+        (ok, {**VERTEX_BODY, "anthropic_version": "2023-06-01"}, "vertex-2023-10-16"),
+        (ok, {**VERTEX_BODY, "stream": True}, "streamRawPredict"),
+        (stream_path, VERTEX_BODY, "stream"),
+        (ok, {**VERTEX_BODY, "foo": 1}, "foo: Extra inputs are not permitted"),
+        (ok, {**VERTEX_BODY, "messages": [{"role": "bot", "content": "x"}]}, "messages.0.role"),
+    ]
+    for path, body, message in cases:
+        r = post(base, path, body, "vertex")
+        assert r.status_code == 400, body
+        assert r.json()["error"]["type"] == "invalid_request_error" and message in r.json()["error"]["message"]
+    r = post(base, stream_path, {**VERTEX_BODY, "stream": True}, "vertex")
+    assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
+    assert [e for e, _ in sse_blocks(r.text)][-1] == "message_stop"
+    assert len(recorded(base)) == 1 + 6 + 2 + len(cases) + 1
+
+
+def test_vertex_faults(mocks):
+    _, base = mocks("vertex")
+    path, body = request_for("vertex")
+    set_fault(base, mode="429", retry_after=3)
+    r = post(base, path, body, "vertex")
+    assert r.status_code == 429 and r.headers["retry-after"] == "3" and r.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    set_fault(base, mode="500", count=1)
+    r = post(base, path, body, "vertex")
+    assert r.status_code == 500 and r.json()["error"]["status"] == "INTERNAL"
+    set_fault(base, mode="503", count=1)
+    assert post(base, path, body, "vertex").json()["error"]["status"] == "UNAVAILABLE"
+    set_fault(base, mode="529", count=1)
+    r = post(base, path, body, "vertex")
+    assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
+    spath, sbody = request_for("vertex", stream=True)
+    set_fault(base, mode="stream_error", count=1)
+    events = sse_blocks(post(base, spath, sbody, "vertex").text)
+    assert events[-1][0] == "error" and json.loads(events[-1][1])["error"]["type"] == "overloaded_error"
+    set_fault(base, mode="truncate", count=1)
+    names = [e for e, _ in sse_blocks(post(base, spath, sbody, "vertex").text)]
+    assert names[0] == "message_start" and "message_stop" not in names
+    with pytest.raises(anthropic.APIStatusError):  # the SDK sees the error event
+        set_fault(base, mode="stream_error", count=1)
+        with vertex_client(base).messages.stream(model=VERTEX_MODEL, max_tokens=5, messages=MSGS, extra_body=VX) as s:
+            list(s.text_stream)
+
+
+# ---- bedrock ---------------------------------------------------------------------------------
+
+def test_bedrock_invoke_json_and_sdk(mocks):
+    _, base = mocks("bedrock")
+    r = post(base, BEDROCK_PATH + "/invoke", BEDROCK_BODY, "bedrock")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.headers["x-amzn-bedrock-input-token-count"] == "12" and r.headers["x-amzn-bedrock-output-token-count"] == "5"
+    assert r.headers["x-amzn-requestid"]
+    msg = r.json()
+    assert msg["type"] == "message" and msg["content"] == [{"type": "text", "text": "Hello from primary"}]
+    assert msg["model"] == BEDROCK_MODEL and msg["id"].startswith("msg_bdrk_") and msg["stop_reason"] == "end_turn"
+    rec = recorded(base)[-1]
+    assert rec["api"] == "bedrock" and rec["model"] == BEDROCK_MODEL and rec["stream"] is False
+    assert rec["credential"] == {"authorization": "Bearer bedrock-key"} and rec["route"]["operation"] == "invoke"
+    # The anthropic SDK's Bedrock client (API key auth; its stream decoder needs botocore, absent here).
+    c = anthropic.AnthropicBedrock(api_key="bedrock-key", base_url=base, aws_region="us-east-1", max_retries=0, timeout=5)
+    m = c.messages.create(model=BEDROCK_MODEL, max_tokens=10, messages=MSGS, tools=ANTH_TOOLS,
+                          extra_body={"anthropic_version": "bedrock-2023-05-31"})
+    assert m.stop_reason == "tool_use" and m.content[0].name == "get_weather" and m.content[0].input == {"location": "Paris"}
+    assert recorded(base)[-1]["path"] == "/model/us.anthropic.claude-opus-4-6-v1:0/invoke"
+
+
+def test_bedrock_stream_frames_and_chunking(mocks):
+    _, base = mocks("bedrock")
+    r, chunks = http_chunks(base, BEDROCK_PATH + "/invoke-with-response-stream", BEDROCK_BODY)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.amazon.eventstream"
+    assert r.headers["transfer-encoding"] == "chunked"
+    data = b"".join(chunks)
+    frames, rest = es_decode(data)
+    assert rest == b""
+    events = bedrock_events(frames)
+    types = [e["type"] for e in events]
+    assert types[0] == "message_start" and types[-1] == "message_stop"
+    assert "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta") == "Hello from primary"
+    assert events[0]["message"]["model"] == BEDROCK_MODEL
+    metrics = events[-1]["amazon-bedrock-invocationMetrics"]
+    assert metrics["inputTokenCount"] == 12 and metrics["outputTokenCount"] == 5
+    assert set(metrics) == {"inputTokenCount", "outputTokenCount", "invocationLatency", "firstByteLatency"}
+    # Chunk boundaries do not follow frames: some frame spans two chunks, some chunk holds 2+ frames.
+    ends, pos = set(), 0
+    for headers, payload in frames:
+        pos += 16 + len(payload) + sum(1 + len(k) + 3 + len(v) for k, v in headers.items())
+        ends.add(pos)
+    cut, cuts = 0, []
+    for c in chunks:
+        cut += len(c)
+        cuts.append(cut)
+    assert any(c not in ends for c in cuts), "some chunk should end mid-frame"
+    assert any(sum(1 for e in ends if a < e < b) >= 1 and b in ends for a, b in zip([0] + cuts, cuts)), \
+        "some chunk should hold a whole frame plus more"
+    # Feeding the decoder chunk by chunk gives the same events.
+    buf, seen = b"", []
+    for c in chunks:
+        got, buf = es_decode(buf + c)
+        seen += bedrock_events(got)
+    assert seen == events
+    # frame_split: aligned (one frame per chunk) and tiny (5-byte chunks).
+    set_fault(base, mode="none", frame_split="aligned")
+    _, aligned = http_chunks(base, BEDROCK_PATH + "/invoke-with-response-stream", BEDROCK_BODY)
+    assert len(aligned) == len(frames) and all(len(es_decode(c)[0]) == 1 for c in aligned)
+    set_fault(base, mode="none", frame_split="tiny")
+    _, tiny = http_chunks(base, BEDROCK_PATH + "/invoke-with-response-stream", BEDROCK_BODY)
+    assert max(len(c) for c in tiny) == 5 and len(bedrock_events(es_decode(b"".join(tiny))[0])) == len(events)
+
+
+def test_bedrock_stream_tool_use(mocks):
+    _, base = mocks("bedrock", frame_split="aligned")
+    _, chunks = http_chunks(base, BEDROCK_PATH + "/invoke-with-response-stream", {**BEDROCK_BODY, "tools": ANTH_TOOLS})
+    events = bedrock_events(es_decode(b"".join(chunks))[0])
+    assert events[1]["content_block"]["type"] == "tool_use" and events[1]["content_block"]["id"].startswith("toolu_")
+    args = "".join(e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta")
+    assert json.loads(args) == {"location": "Paris"}
+    assert events[-2]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_bedrock_strict_rejections(mocks):
+    _, base = mocks("bedrock")
+    inv = BEDROCK_PATH + "/invoke"
+    cases = [
+        ({**BEDROCK_BODY, "model": BEDROCK_MODEL}, "extraneous key [model]"),
+        ({**BEDROCK_BODY, "stream": True}, "extraneous key [stream]"),
+        ({k: v for k, v in BEDROCK_BODY.items() if k != "anthropic_version"}, "required key [anthropic_version]"),
+        ({**BEDROCK_BODY, "anthropic_version": "vertex-2023-10-16"}, "Invalid API version"),
+        ({**BEDROCK_BODY, "foo": 1}, "extraneous key [foo]"),
+        ({**BEDROCK_BODY, "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x"}]}]},
+         "unexpected `tool_use_id`"),
+    ]
+    for body, message in cases:
+        r = post(base, inv, body, "bedrock")
+        assert r.status_code == 400, body
+        assert r.headers["x-amzn-ErrorType"] == "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/"
+        assert message in r.json()["message"]
+    for headers in ({"authorization": ""}, {"authorization": "AWS4-HMAC-SHA256 Credential=x"}):
+        r = post(base, inv, BEDROCK_BODY, headers=headers)
+        assert r.status_code == 403 and r.headers["x-amzn-ErrorType"].startswith("AccessDeniedException:")
+        assert "message" in r.json()
+    r = post(base, "/model/meta.llama3-70b-instruct-v1%3A0/invoke", BEDROCK_BODY, "bedrock")
+    assert r.status_code == 404 and r.headers["x-amzn-ErrorType"].startswith("ResourceNotFoundException:")
+    _, only = mocks("bedrock", name="only", models=["anthropic.claude-3-haiku-20240307-v1:0"], keys=["k1"])
+    assert post(only, "/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke", BEDROCK_BODY,
+                headers={"authorization": "Bearer k1"}).status_code == 200
+    assert post(only, inv, BEDROCK_BODY, headers={"authorization": "Bearer k1"}).status_code == 404
+    assert post(only, "/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke", BEDROCK_BODY,
+                headers={"authorization": "Bearer k2"}).status_code == 403
+    assert recorded(only)[0]["model"] == "anthropic.claude-3-haiku-20240307-v1:0"
+    assert len(recorded(base)) == len(cases) + 3
+
+
+def test_bedrock_faults(mocks):
+    _, base = mocks("bedrock")
+    inv, stream = BEDROCK_PATH + "/invoke", BEDROCK_PATH + "/invoke-with-response-stream"
+    for mode, status, exc in (("429", 429, "ThrottlingException"), ("500", 500, "InternalServerException"),
+                              ("503", 503, "ServiceUnavailableException"), ("529", 503, "ServiceUnavailableException")):
+        set_fault(base, mode=mode, count=1, retry_after=4)
+        r = post(base, inv, BEDROCK_BODY, "bedrock")
+        assert r.status_code == status and r.headers["x-amzn-ErrorType"].split(":")[0] == exc, mode
+        assert list(r.json()) == ["message"]
+        assert (r.headers.get("retry-after") == "4") == (mode == "429")
+    # stream_error: an exception frame after a few events.
+    set_fault(base, mode="stream_error", count=1)
+    _, chunks = http_chunks(base, stream, BEDROCK_BODY)
+    frames, rest = es_decode(b"".join(chunks))
+    assert rest == b""
+    headers, payload = frames[-1]
+    assert headers[":message-type"] == "exception" and headers[":exception-type"] == "throttlingException"
+    assert headers[":content-type"] == "application/json" and "message" in json.loads(payload)
+    assert [e["type"] for e in bedrock_events(frames[:-1])][0] == "message_start"
+    set_fault(base, mode="stream_error", count=1, exception="modelStreamErrorException")
+    _, chunks = http_chunks(base, stream, BEDROCK_BODY)
+    assert es_decode(b"".join(chunks))[0][-1][0][":exception-type"] == "modelStreamErrorException"
+    # truncate: the stream stops in the middle of a frame, without message_stop.
+    set_fault(base, mode="truncate", count=1)
+    _, chunks = http_chunks(base, stream, BEDROCK_BODY)
+    frames, rest = es_decode(b"".join(chunks))
+    assert rest and len(frames) == 3 and "message_stop" not in [e["type"] for e in bedrock_events(frames)]
+    # garbage: the decoder must see a CRC failure.
+    set_fault(base, mode="garbage", count=1)
+    _, chunks = http_chunks(base, stream, BEDROCK_BODY)
+    with pytest.raises(AssertionError, match="CRC"):
+        es_decode(b"".join(chunks))
+
+
+# ---- openai ----------------------------------------------------------------------------------
+
+def oa_client(base, key="sk-test"):
+    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=5)
+
+
+def test_openai_sdk_plain_stream_and_tools(mocks):
+    _, base = mocks("openai")
+    c = oa_client(base)
+    r = c.chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert r.choices[0].message.content == "Hello from primary" and r.choices[0].finish_reason == "stop"
+    assert r.model == "gpt-4o" and r.id.startswith("chatcmpl-") and r.object == "chat.completion"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (12, 5, 17)
+    chunks = list(c.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True, stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "Hello from primary"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 17
+    ask = [{"role": "user", "content": "weather?"}]
+    t = c.chat.completions.create(model="gpt-4o", messages=ask, tools=OA_TOOLS)
+    (call,) = t.choices[0].message.tool_calls
+    assert t.choices[0].finish_reason == "tool_calls" and call.id.startswith("call_")
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"location": "Paris"}
+    with c.chat.completions.stream(model="gpt-4o", messages=ask, tools=OA_TOOLS) as s:
+        final = s.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert json.loads(final.choices[0].message.tool_calls[0].function.arguments) == {"location": "Paris"}
+    assert c.chat.completions.create(model="gpt-4o", messages=ask, tools=OA_TOOLS, tool_choice="none").choices[0].message.content == "Hello from primary"
+    forced = c.chat.completions.create(model="gpt-4o", messages=ask, tools=OA_TOOLS,
+                                       tool_choice={"type": "function", "function": {"name": "other"}})
+    assert forced.choices[0].message.tool_calls[0].function.name == "other"
+    turn = ask + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]},
+                  {"role": "tool", "tool_call_id": call.id, "content": "15 degrees"}]
+    assert c.chat.completions.create(model="gpt-4o", messages=turn, tools=OA_TOOLS).choices[0].message.content == "Tool said: 15 degrees"
+    recs = recorded(base)
+    assert all(r["api"] == "openai" and r["credential"] == {"authorization": "Bearer sk-test"} for r in recs)
+    assert recs[1]["stream"] is True and recs[0]["model"] == "gpt-4o"
+
+
+def test_openai_raw_shapes(mocks):
+    _, base = mocks("openai")
+    body = post(base, "/v1/chat/completions", OA_BODY, "openai").json()
+    assert set(body) == {"id", "object", "created", "model", "choices", "usage", "system_fingerprint"}
+    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Hello from primary", "refusal": None},
+                                "logprobs": None, "finish_reason": "stop"}]
+    r = post(base, "/v1/chat/completions", {**OA_BODY, "stream": True}, "openai")
+    assert r.headers["content-type"].startswith("text/event-stream") and r.headers["transfer-encoding"] == "chunked"
+    chunks, done = openai_stream(r.text)
+    assert done and all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:4]] == ["Hello", " from", " primary"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and "usage" not in chunks[-1]
+    chunks, done = openai_stream(post(base, "/v1/chat/completions", {**OA_BODY, "stream": True,
+                                                                    "stream_options": {"include_usage": True}}, "openai").text)
+    assert done and chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    chunks, _ = openai_stream(post(base, "/v1/chat/completions", {**OA_BODY, "stream": True, "tools": OA_TOOLS}, "openai").text)
+    calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks if c["choices"][0]["delta"].get("tool_calls")]
+    assert calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(c["function"]["arguments"] for c in calls)) == {"location": "Paris"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+OA_CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize("patch, message, param", [
+    ({"foo": 1}, "Unrecognized request argument supplied: foo", None),
+    ({"model": None}, "you must provide a model parameter", None),
+    ({"messages": []}, "empty array", "messages"),
+    ({"messages": [{"role": "bot", "content": "x"}]}, "Invalid value: 'bot'", "messages[0].role"),
+    ({"messages": [{"role": "user"}]}, "Missing required parameter", "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "video", "x": 1}]}]}, "Invalid value: 'video'", "messages[0].content[0].type"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "Missing required parameter", "messages[0].content[0].image_url.url"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_1", "content": "r"}]},
+     "must be a response to a preceeding message with 'tool_calls'", "messages.[1].role"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [OA_CALL]},
+                   {"role": "tool", "tool_call_id": "call_2", "content": "r"}]}, "preceeding message", "messages.[2].role"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{**OA_CALL, "function": {"name": "f", "arguments": {}}}]}]},
+     "expected a string", "messages[0].tool_calls[0].function.arguments"),
+    ({"temperature": 2.5}, "decimal above maximum value", "temperature"),
+    ({"temperature": -1}, "decimal below minimum value", "temperature"),
+    ({"stream_options": {"include_usage": True}}, "only allowed when 'stream' is enabled", "stream_options"),
+])
+def test_openai_strict_rejections(mocks, patch, message, param):
+    _, base = mocks("openai")
+    body = {**OA_BODY, **patch}
+    body = {k: v for k, v in body.items() if v is not None}
+    r = post(base, "/v1/chat/completions", body, "openai")
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert message in err["message"] and err["param"] == param
+    assert recorded(base)[0]["body"] == body
+
+
+def test_openai_auth_and_valid_tool_turn(mocks):
+    _, base = mocks("openai")
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"x-api-key": "sk-test"}):
+        r = post(base, "/v1/chat/completions", OA_BODY, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", headers
+    with pytest.raises(openai.AuthenticationError):
+        oa_client(base, key="nope").chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert [r["credential"] for r in recorded(base)] == [{}, {"authorization": "Bearer wrong"}, {"x-api-key": "sk-test"},
+                                                        {"authorization": "Bearer nope"}]
+    turn = [{"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:,"}}]},
+            {"role": "assistant", "content": None, "tool_calls": [OA_CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]}]
+    r = post(base, "/v1/chat/completions", {**OA_BODY, "messages": turn, "temperature": 2}, "openai")
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Tool said: sunny"
+
+
+def test_openai_faults(mocks):
+    _, base = mocks("openai")
+    path, body = request_for("openai")
+    spath, sbody = request_for("openai", stream=True)
+    set_fault(base, mode="429", count=1, retry_after=5)
+    r = post(base, path, body, "openai")
+    assert r.status_code == 429 and r.headers["retry-after"] == "5" and r.json()["error"]["code"] == "rate_limit_exceeded"
+    for mode, status in (("500", 500), ("503", 503), ("529", 503)):
+        set_fault(base, mode=mode, count=1)
+        r = post(base, path, body, "openai")
+        assert r.status_code == status and r.json()["error"]["type"] == "server_error", mode
+    set_fault(base, mode="stream_error", count=1)
+    r = post(base, spath, sbody, "openai")
+    blocks = [d for _, d in sse_blocks(r.text)]
+    assert "[DONE]" not in blocks and json.loads(blocks[-1])["error"]["message"] == "The server is overloaded"
+    assert json.loads(blocks[0])["choices"][0]["delta"]["role"] == "assistant"
+    set_fault(base, mode="stream_error", count=1)
+    with pytest.raises(openai.APIError):
+        list(oa_client(base).chat.completions.create(model="gpt-4o", messages=MSGS, stream=True))
+    set_fault(base, mode="truncate", count=1)
+    chunks, done = openai_stream(post(base, spath, sbody, "openai").text)
+    assert not done and all(c["choices"][0]["finish_reason"] is None for c in chunks)
+    set_fault(base, mode="stream_error", count=1)
+    assert post(base, path, body, "openai").status_code == 503
+    set_fault(base, mode="reset", count=1)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        post(base, path, body, "openai")
+    set_fault(base, mode="garbage", count=1)
+    with pytest.raises(ValueError):
+        post(base, path, body, "openai").json()
+
+
+# ---- azure -----------------------------------------------------------------------------------
+
+def az_client(base, **kw):
+    return openai.AzureOpenAI(azure_endpoint=base, api_key=kw.pop("api_key", "az-key"), api_version="2024-10-21",
+                              max_retries=0, timeout=5, **kw)
+
+
+def test_azure_sdk_plain_stream_and_tools(mocks):
+    _, base = mocks("azure", deployments={"gpt-4o": "gpt-4o-2024-11-20", "mini": "gpt-4o-mini-2024-07-18"})
+    c = az_client(base)
+    r = c.chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert r.choices[0].message.content == "Hello from primary" and r.model == "gpt-4o-2024-11-20"
+    chunks = list(c.chat.completions.create(model="mini", messages=MSGS, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "Hello from primary"
+    assert {ch.model for ch in chunks} == {"gpt-4o-mini-2024-07-18"}
+    t = c.chat.completions.create(model="gpt-4o", messages=MSGS, tools=OA_TOOLS)
+    assert t.choices[0].message.tool_calls[0].function.name == "get_weather"
+    recs = recorded(base)
+    assert recs[0]["path"] == AZURE_PATH and recs[0]["query"] == {"api-version": "2024-10-21"}
+    assert recs[0]["route"] == {"deployment": "gpt-4o", "api_version": "2024-10-21"}
+    assert all(r["api"] == "azure" and r["credential"] == {"api-key": "az-key"} for r in recs)
+    # `model` in the body is optional on Azure.
+    assert post(base, AZURE_PATH, {"messages": MSGS}, "azure").json()["model"] == "gpt-4o-2024-11-20"
+
+
+def test_azure_strict_rejections(mocks):
+    _, base = mocks("azure")
+    r = post(base, "/openai/deployments/gpt-4o/chat/completions", OA_BODY, "azure")
+    assert r.status_code == 404 and r.json() == {"error": {"code": "404", "message": "Resource not found"}}
+    for version in ("2024-10", "latest", "2019-01-01"):
+        r = post(base, f"/openai/deployments/gpt-4o/chat/completions?api-version={version}", OA_BODY, "azure")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "BadRequest", version
+    assert post(base, "/openai/deployments/gpt-4o/chat/completions?api-version=2025-04-01-preview", OA_BODY, "azure").status_code == 200
+    r = post(base, AZURE_PATH.replace("gpt-4o", "gpt-5"), OA_BODY, "azure")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "DeploymentNotFound"
+    for headers in ({}, {"authorization": "Bearer entra-token"}, {"api-key": ""}):
+        r = post(base, AZURE_PATH, OA_BODY, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "401", headers
+    with pytest.raises(openai.AuthenticationError):
+        az_client(base, api_key=None, azure_ad_token="entra").chat.completions.create(model="gpt-4o", messages=MSGS)
+    r = post(base, AZURE_PATH, {**OA_BODY, "foo": 1}, "azure")
+    assert r.status_code == 400 and r.json()["error"]["message"] == "Unrecognized request argument supplied: foo"
+    assert post(base, AZURE_PATH, {**OA_BODY, "data_sources": []}, "azure").status_code == 200
+    _, loose = mocks("azure", name="loose", strict=False)
+    assert post(loose, AZURE_PATH, {**OA_BODY, "foo": 1}, headers={"authorization": "Bearer entra"}).status_code == 200
+    _, keyed = mocks("azure", name="keyed", keys=["good"])
+    assert post(keyed, AZURE_PATH, OA_BODY, headers={"api-key": "good"}).status_code == 200
+    assert post(keyed, AZURE_PATH, OA_BODY, headers={"api-key": "bad"}).status_code == 401
+
+
+def test_azure_faults(mocks):
+    _, base = mocks("azure")
+    set_fault(base, mode="429", count=1, retry_after=6)
+    r = post(base, AZURE_PATH, OA_BODY, "azure")
+    assert r.status_code == 429 and r.headers["retry-after"] == "6"
+    assert r.json()["error"]["code"] == "429" and "retry after 6 seconds" in r.json()["error"]["message"]
+    set_fault(base, mode="529", count=1)
+    assert post(base, AZURE_PATH, OA_BODY, "azure").status_code == 503
+    set_fault(base, mode="stream_error", count=1)
+    blocks = [d for _, d in sse_blocks(post(base, AZURE_PATH, {**OA_BODY, "stream": True}, "azure").text)]
+    assert json.loads(blocks[-1])["error"]["type"] == "server_error" and "[DONE]" not in blocks
+
+
+# ---- common ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("api", ["anthropic", "vertex", "bedrock", "openai", "azure"])
+def test_chunk_delay_streams_unbuffered_and_slow_first_byte(mocks, api):
+    _, base = mocks(api)
+    path, body = request_for(api, stream=True)
+    set_fault(base, mode="none", chunk_delay_ms=60)
+    t0 = time.monotonic()
+    r = post(base, path, body, api, stream=True)
+    stamps = [time.monotonic() - t0 for _ in r.raw.read_chunked(decode_content=False)]
+    assert len(stamps) >= 4
+    assert stamps[0] < 0.2 and stamps[-1] - stamps[0] >= 0.06 * (len(stamps) - 1) * 0.8, stamps
+    set_fault(base, mode="slow_first_byte", delay_ms=150, count=1)
+    path, body = request_for(api)
+    t0 = time.monotonic()
+    assert post(base, path, body, api).status_code == 200
+    assert time.monotonic() - t0 >= 0.14
+    set_fault(base, mode="hang", hang_ms=100, count=1)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        post(base, path, body, api)
+
+
+def test_fault_params_and_options_are_validated(mocks):
+    _, base = mocks("bedrock")
+    for bad in ({"mode": "stream_error", "exception": "nope"}, {"mode": "none", "frame_split": "odd"}):
+        assert requests.post(f"{base}/_control/fault", json=bad, timeout=5).status_code == 400
+    assert requests.get(f"{base}/_control/info", timeout=5).json()["api"] == "bedrock"
+    with pytest.raises(ValueError):
+        make_server("x", api="gemini")
+    with pytest.raises(TypeError):
+        make_server("x", api="openai", project="p")
+    with pytest.raises(ValueError):
+        make_server("x", api="bedrock", frame_split="odd")
+
+
+def test_cli_api_option():
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mock_provider.py")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, script, "--port", str(port), "--name", "cli", "--api", "vertex",
+                             "--option", "project=cli-proj", "--option", 'models=["claude-x"]', "--quiet"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == f"mock provider cli listening on http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{port}"
+        info = requests.get(f"{base}/_control/info", timeout=5).json()
+        assert info["api"] == "vertex" and info["options"]["project"] == "cli-proj"
+        path = "/v1/projects/cli-proj/locations/us-east5/publishers/anthropic/models/claude-x:rawPredict"
+        assert post(base, path, VERTEX_BODY, "vertex").json()["content"][0]["text"] == "Hello from cli"
+    finally:
+        proc.terminate()
+        proc.wait(5)

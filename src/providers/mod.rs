@@ -61,12 +61,8 @@ pub fn percent_encode(segment: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+            out.push_str(&format!("%{b:02X}"));
         }
     }
     out
 }
-
-const HEX: &[u8; 16] = b"0123456789ABCDEF";

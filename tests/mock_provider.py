@@ -15,10 +15,10 @@ Library:
     server.shutdown()   # stops serving, closes the listener and all open connections
 
 APIs (``api=``), their endpoints and options (every API also takes ``strict`` (default True: reject
-what the real host rejects; False: skip credential and schema checks) and ``keys`` (list of
-accepted credentials; default: any well-formed one)):
+what the real host rejects; False: skip credential and schema checks, keep routing and required
+fields) and ``keys`` (list of accepted credentials; default: any well-formed one)):
 
-    anthropic  POST /v1/messages                                        (default; no credential check)
+    anthropic  POST /v1/messages             (default; no credential check unless ``keys`` is given)
     vertex     POST /v1/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:rawPredict
                POST ...:streamRawPredict          options: project ("demo-project"), region ("us-east5")
     bedrock    POST /model/{modelId}/invoke, /model/{modelId}/invoke-with-response-stream
@@ -37,6 +37,25 @@ Control endpoints (all APIs):
     GET  /_control/requests    recorded requests (rejected ones too), each with "api", "credential"
                                (the credential headers present), "query", "route" (URL parameters)
     POST /_control/reset       clear recorded requests, fault = none
+
+A request is checked in the real host's order: URL (404), credential (401/403), body (400), and
+only then the fault applies. Strict checks per API:
+    anthropic  unknown top-level fields ("<field>: Extra inputs are not permitted", anthropic_version
+               included), roles user/assistant, content a string or blocks with a `type`, a
+               tool_result must answer a tool_use of the previous assistant message.
+    vertex     Authorization: Bearer (401 UNAUTHENTICATED); project/region/publisher/model/verb
+               (404 NOT_FOUND); no `model` in the body; anthropic_version "vertex-2023-10-16";
+               `stream` true exactly for :streamRawPredict; the anthropic checks (400, Anthropic shape).
+    bedrock    Authorization: Bearer <API key> (403 AccessDeniedException); model id (404
+               ResourceNotFoundException); no `model`/`stream` in the body; anthropic_version
+               "bedrock-2023-05-31"; the anthropic checks (400 ValidationException, x-amzn-ErrorType).
+    openai     Authorization: Bearer sk-... (401 invalid_api_key); unknown parameters ("Unrecognized
+               request argument supplied: X"); model; non-empty messages; roles, content parts,
+               tool_calls, tool_call_id answering an earlier assistant tool call; temperature in
+               [0, 2]; stream_options only with stream.
+    azure      api-version (missing: 404, malformed/too old: 400); the `api-key` header (401; a
+               Bearer token alone is refused); deployment (404 DeploymentNotFound); the openai checks
+               with `model` optional.
 
 Fault modes: none, 500, 529, 429, 503, 400, 401, 403, 404, 413, hang, reset, stream_error,
 truncate, slow_first_byte, garbage. Params: count, retry_after, hang_ms, delay_ms, chunk_delay_ms,
@@ -174,6 +193,35 @@ AZURE_MIN_API_VERSION = "2022-12-01"
 
 _MAX_BODY = 64 * 1024 * 1024
 
+# Error messages of the real hosts (see the references above).
+GOOGLE_AUTH_MISSING = (
+    "Request is missing required authentication credential. Expected OAuth 2 access token, login "
+    "cookie or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+GOOGLE_AUTH_INVALID = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or "
+    "other valid authentication credential. See https://developers.google.com/identity/sign-"
+    "in/web/devconsole-project."
+)
+AZURE_KEY_DENIED = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a "
+    "valid key for an active subscription and use a correct regional API endpoint for your resource."
+)
+AZURE_NO_DEPLOYMENT = (
+    "The API deployment for this resource does not exist. If you created the deployment within the "
+    "last 5 minutes, please wait a moment and try again."
+)
+BEDROCK_NO_MODEL = (
+    "Could not resolve the foundation model from the provided model identifier."
+)
+OPENAI_NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using"
+    " Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
+    "https://platform.openai.com/account/api-keys."
+)
+_REFORMAT = "please reformat your input and try again."
+
 
 class BadRequest(Exception):
     pass
@@ -219,6 +267,10 @@ def azure_error(code: str, message: str) -> dict:
 
 def bedrock_reject(status: int, exc: str, message: str) -> Reject:
     return Reject(status, {"message": message}, {"x-amzn-ErrorType": exc + AWS_ERROR_SUFFIX})
+
+
+def _bedrock_malformed(detail: str) -> Reject:
+    return bedrock_reject(400, "ValidationException", f"Malformed input request: #: {detail}, {_REFORMAT}")
 
 
 def validate_fault(data) -> dict:
@@ -622,7 +674,8 @@ def _missing(param) -> Reject:
 def _invalid_type(param, expected, got) -> Reject:
     kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
              float: "a decimal", type(None): "null"}
-    return Reject(400, openai_error(f"Invalid type for '{param}': expected {expected}, but got {kinds.get(type(got), 'a value')} instead.",
+    got_kind = kinds.get(type(got), "a value")
+    return Reject(400, openai_error(f"Invalid type for '{param}': expected {expected}, but got {got_kind} instead.",
                                     param=param, code="invalid_type"))
 
 
@@ -1129,10 +1182,13 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             table = {
                 "500": (500, "INTERNAL", "Internal error encountered."),
                 "503": (503, "UNAVAILABLE", "The service is currently unavailable."),
-                "429": (429, "RESOURCE_EXHAUSTED", "Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per_base_model with base model: anthropic-claude. Please submit a quota increase request."),
+                "429": (429, "RESOURCE_EXHAUSTED",
+                        "Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per_base_model "
+                        "with base model: anthropic-claude. Please submit a quota increase request."),
                 "400": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
-                "401": (401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential."),
-                "403": (403, "PERMISSION_DENIED", "Permission 'aiplatform.endpoints.predict' denied on resource (or it may not exist)."),
+                "401": (401, "UNAUTHENTICATED", GOOGLE_AUTH_INVALID),
+                "403": (403, "PERMISSION_DENIED",
+                        "Permission 'aiplatform.endpoints.predict' denied on resource (or it may not exist)."),
                 "404": (404, "NOT_FOUND", f"Publisher Model `{self._vertex_model_name(call)}` not found."),
             }
             if mode == "529":
@@ -1151,7 +1207,7 @@ class MockProviderHandler(BaseHTTPRequestHandler):
                 "400": (400, "ValidationException", "Malformed input request, please reformat your input and try again."),
                 "401": (401, "UnrecognizedClientException", "The security token included in the request is invalid."),
                 "403": (403, "AccessDeniedException", "You don't have access to the model with the specified model ID."),
-                "404": (404, "ResourceNotFoundException", "Could not resolve the foundation model from the provided model identifier."),
+                "404": (404, "ResourceNotFoundException", BEDROCK_NO_MODEL),
                 "413": (413, "ValidationException", "Input is too long for requested model."),
             }
             if mode in table:
@@ -1163,21 +1219,29 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         # openai, azure
         if api == "azure" and mode in ("429", "401", "403", "404"):
             table = {
-                "429": ("429", f"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version {call.route.get('api_version')} have exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry after {retry.get('retry-after', 2)} seconds."),
-                "401": ("401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."),
+                "429": ("429", f"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version "
+                               f"{call.route.get('api_version')} have exceeded token rate limit of your current "
+                               f"OpenAI S0 pricing tier. Please retry after {retry.get('retry-after', 2)} seconds."),
+                "401": ("401", AZURE_KEY_DENIED),
                 "403": ("403", "Public access is disabled. Please configure private endpoint."),
-                "404": ("DeploymentNotFound", "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again."),
+                "404": ("DeploymentNotFound", AZURE_NO_DEPLOYMENT),
             }
             c, m = table[mode]
             return Reject(int(mode), azure_error(c, m), retry)
         table = {
-            "500": (500, openai_error("The server had an error while processing your request. Sorry about that!", "server_error")),
+            "500": (500, openai_error("The server had an error while processing your request. Sorry about that!",
+                                      "server_error")),
             "503": (503, openai_error("The engine is currently overloaded, please try again later.", "server_error")),
-            "429": (429, openai_error(f"Rate limit reached for {call.model} on requests per min (RPM): Limit 500, Used 500, Requested 1. Please try again in 2s.", "requests", "requests", "rate_limit_exceeded")),
+            "429": (429, openai_error(f"Rate limit reached for {call.model} on requests per min (RPM): Limit 500, "
+                                      "Used 500, Requested 1. Please try again in 2s.",
+                                      "requests", "requests", "rate_limit_exceeded")),
             "400": (400, openai_error("We could not parse the JSON body of your request.")),
-            "401": (401, openai_error("Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.", code="invalid_api_key")),
-            "403": (403, openai_error("Country, region, or territory not supported", "request_forbidden", code="unsupported_country_region_territory")),
-            "404": (404, openai_error(f"The model `{call.model}` does not exist or you do not have access to it.", code="model_not_found")),
+            "401": (401, openai_error("Incorrect API key provided. You can find your API key at "
+                                      "https://platform.openai.com/account/api-keys.", code="invalid_api_key")),
+            "403": (403, openai_error("Country, region, or territory not supported", "request_forbidden",
+                                      code="unsupported_country_region_territory")),
+            "404": (404, openai_error(f"The model `{call.model}` does not exist or you do not have access to it.",
+                                      code="model_not_found")),
             "413": (413, openai_error("Request too large.", code="request_too_large")),
         }
         if mode in table:
@@ -1192,7 +1256,7 @@ class MockProviderHandler(BaseHTTPRequestHandler):
     # ---- routes ------------------------------------------------------------
     def resolve(self, path: str, query: dict) -> Call:
         """Routes the URL for this API; raises Reject (404 etc.)."""
-        api, o = self.api, self.opts
+        api = self.api
         if api == "anthropic":
             if path != "/v1/messages":
                 raise self.not_found(path)
@@ -1261,24 +1325,27 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         bearer = auth[7:].strip() if auth.startswith("Bearer ") else None
         if api == "vertex":
             if not auth:
-                raise Reject(401, google_error(401, "UNAUTHENTICATED", "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."))
+                raise Reject(401, google_error(401, "UNAUTHENTICATED", GOOGLE_AUTH_MISSING))
             if not bearer or (keys is not None and bearer not in keys):
-                raise Reject(401, google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."))
+                raise Reject(401, google_error(401, "UNAUTHENTICATED", GOOGLE_AUTH_INVALID))
         elif api == "bedrock":
             if not auth:
-                raise bedrock_reject(403, "AccessDeniedException", "Authorization header is missing. Use an Amazon Bedrock API key: Authorization: Bearer <key>.")
+                raise bedrock_reject(403, "AccessDeniedException", "Authorization header is missing. "
+                                     "Use an Amazon Bedrock API key: Authorization: Bearer <key>.")
             if not bearer or (keys is not None and bearer not in keys):
-                raise bedrock_reject(403, "AccessDeniedException", "Authentication failed: Please make sure your API Key is valid.")
+                raise bedrock_reject(403, "AccessDeniedException",
+                                     "Authentication failed: Please make sure your API Key is valid.")
         elif api == "openai":
             if not auth:
-                raise Reject(401, openai_error("You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
+                raise Reject(401, openai_error(OPENAI_NO_KEY, code="invalid_api_key"))
             if not bearer or not bearer.startswith("sk-") or (keys is not None and bearer not in keys):
                 shown = (bearer or auth)[:4] + "*" * 8
-                raise Reject(401, openai_error(f"Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
+                raise Reject(401, openai_error(f"Incorrect API key provided: {shown}. You can find your API key at "
+                                               "https://platform.openai.com/account/api-keys.", code="invalid_api_key"))
         elif api == "azure":
             key = cred.get("api-key")
             if not key or (keys is not None and key not in keys):
-                raise Reject(401, azure_error("401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."))
+                raise Reject(401, azure_error("401", AZURE_KEY_DENIED))
 
     def validate(self, call: Call, body) -> None:
         """Body checks; fills call.model / call.stream. Raises Reject."""
@@ -1319,20 +1386,21 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             self._anthropic_common(body, VERTEX_PARAMS, strict)
             return
         if api == "bedrock":
+            models = self.opts["models"]
+            if (models is not None and call.model not in models) or (
+                    models is None and strict and "anthropic.claude" not in call.model):
+                raise bedrock_reject(404, "ResourceNotFoundException", BEDROCK_NO_MODEL)
             if strict:
                 for k in ("model", "stream"):
                     if k in body:
-                        raise bedrock_reject(400, "ValidationException", f"Malformed input request: #: extraneous key [{k}] is not permitted, please reformat your input and try again.")
+                        raise _bedrock_malformed(f"extraneous key [{k}] is not permitted")
                 if "anthropic_version" not in body:
-                    raise bedrock_reject(400, "ValidationException", "Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again.")
+                    raise _bedrock_malformed("required key [anthropic_version] not found")
                 if body["anthropic_version"] != BEDROCK_VERSION:
                     raise bedrock_reject(400, "ValidationException", "Invalid API version")
-                models = self.opts["models"]
-                if (models is not None and call.model not in models) or (models is None and "anthropic.claude" not in call.model):
-                    raise bedrock_reject(404, "ResourceNotFoundException", "Could not resolve the foundation model from the provided model identifier.")
                 for k in body:
                     if k not in BEDROCK_PARAMS:
-                        raise bedrock_reject(400, "ValidationException", f"Malformed input request: #: extraneous key [{k}] is not permitted, please reformat your input and try again.")
+                        raise _bedrock_malformed(f"extraneous key [{k}] is not permitted")
                 problem = self._anthropic_required(body) or anthropic_messages_problem(body)
                 if problem:
                     raise bedrock_reject(400, "ValidationException", problem)
@@ -1350,7 +1418,7 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         deps = self.opts["deployments"]
         dep = call.route["deployment"]
         if dep not in deps:
-            raise Reject(404, azure_error("DeploymentNotFound", "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again."))
+            raise Reject(404, azure_error("DeploymentNotFound", AZURE_NO_DEPLOYMENT))
         call.model = deps[dep]
         if strict:
             openai_validate(body, AZURE_PARAMS, model_required=False)

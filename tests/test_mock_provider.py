@@ -1,16 +1,22 @@
-"""Tests for the mock Anthropic provider (tests/mock_provider.py)."""
+"""Tests for the mock providers (tests/mock_provider.py): one per provider API, strict like the real host."""
 
+import base64
+import json
 import os
 import socket
+import struct
+import subprocess
 import sys
 import time
+import zlib
 
 import anthropic
+import openai
 import pytest
 import requests
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mock_provider import start_mock  # noqa: E402
+from mock_provider import make_server, start_mock  # noqa: E402
 
 MODEL = "claude-test-1"
 MSGS = [{"role": "user", "content": "hi"}]
@@ -183,16 +189,6 @@ def test_reset_truncate_and_hang(mock):
 # One mock per provider API (api=...): strict checks, credentials, tools, fault shapes.
 # ======================================================================================
 
-import base64  # noqa: E402
-import json  # noqa: E402
-import struct  # noqa: E402
-import subprocess  # noqa: E402
-import zlib  # noqa: E402
-
-import openai  # noqa: E402
-
-from mock_provider import make_server  # noqa: E402
-
 VERTEX_MODEL = "claude-opus-4-6"
 VERTEX_PREFIX = "/v1/projects/demo-project/locations/us-east5/publishers/anthropic/models"
 BEDROCK_MODEL = "us.anthropic.claude-opus-4-6-v1:0"
@@ -331,7 +327,8 @@ def test_anthropic_strict_rejections_are_recorded(mocks):
     cases = [
         ({**ANTH_BODY, "foo": 1}, "foo: Extra inputs are not permitted"),
         ({**ANTH_BODY, "anthropic_version": "2023-06-01"}, "anthropic_version: Extra inputs are not permitted"),
-        ({**ANTH_BODY, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role: Input should be 'user' or 'assistant'"),
+        ({**ANTH_BODY, "messages": [{"role": "system", "content": "x"}]},
+         "messages.0.role: Input should be 'user' or 'assistant'"),
         ({**ANTH_BODY, "messages": [{"role": "user", "content": [{"text": "x"}]}]}, "messages.0.content.0.type: Field required"),
         ({**ANTH_BODY, "messages": [{"role": "user", "content": 7}]}, "messages.0.content"),
         ({**ANTH_BODY, "messages": [
@@ -378,7 +375,8 @@ def test_anthropic_tool_use_and_tool_result(mocks):
     none = c.messages.create(model=MODEL, max_tokens=50, messages=ask, tools=ANTH_TOOLS, tool_choice={"type": "none"})
     assert none.content[0].text == "Hello from primary"
     # The tool result comes back.
-    turn = ask + [{"role": "assistant", "content": [{"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}]},
+    use = {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+    turn = ask + [{"role": "assistant", "content": [use]},
                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "15 degrees"}]}]
     reply = c.messages.create(model=MODEL, max_tokens=50, messages=turn, tools=ANTH_TOOLS)
     assert reply.content[0].text == "Tool said: 15 degrees" and reply.stop_reason == "end_turn"
@@ -647,13 +645,15 @@ def test_openai_sdk_plain_stream_and_tools(mocks):
         final = s.get_final_completion()
     assert final.choices[0].finish_reason == "tool_calls"
     assert json.loads(final.choices[0].message.tool_calls[0].function.arguments) == {"location": "Paris"}
-    assert c.chat.completions.create(model="gpt-4o", messages=ask, tools=OA_TOOLS, tool_choice="none").choices[0].message.content == "Hello from primary"
+    plain = c.chat.completions.create(model="gpt-4o", messages=ask, tools=OA_TOOLS, tool_choice="none")
+    assert plain.choices[0].message.content == "Hello from primary"
     forced = c.chat.completions.create(model="gpt-4o", messages=ask, tools=OA_TOOLS,
                                        tool_choice={"type": "function", "function": {"name": "other"}})
     assert forced.choices[0].message.tool_calls[0].function.name == "other"
     turn = ask + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]},
                   {"role": "tool", "tool_call_id": call.id, "content": "15 degrees"}]
-    assert c.chat.completions.create(model="gpt-4o", messages=turn, tools=OA_TOOLS).choices[0].message.content == "Tool said: 15 degrees"
+    answer = c.chat.completions.create(model="gpt-4o", messages=turn, tools=OA_TOOLS)
+    assert answer.choices[0].message.content == "Tool said: 15 degrees"
     recs = recorded(base)
     assert all(r["api"] == "openai" and r["credential"] == {"authorization": "Bearer sk-test"} for r in recs)
     assert recs[1]["stream"] is True and recs[0]["model"] == "gpt-4o"
@@ -692,8 +692,10 @@ OA_CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "argume
     ({"messages": []}, "empty array", "messages"),
     ({"messages": [{"role": "bot", "content": "x"}]}, "Invalid value: 'bot'", "messages[0].role"),
     ({"messages": [{"role": "user"}]}, "Missing required parameter", "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "video", "x": 1}]}]}, "Invalid value: 'video'", "messages[0].content[0].type"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "Missing required parameter", "messages[0].content[0].image_url.url"),
+    ({"messages": [{"role": "user", "content": [{"type": "video", "x": 1}]}]},
+     "Invalid value: 'video'", "messages[0].content[0].type"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "Missing required parameter", "messages[0].content[0].image_url.url"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_1", "content": "r"}]},
      "must be a response to a preceeding message with 'tool_calls'", "messages.[1].role"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [OA_CALL]},
@@ -797,7 +799,8 @@ def test_azure_strict_rejections(mocks):
     for version in ("2024-10", "latest", "2019-01-01"):
         r = post(base, f"/openai/deployments/gpt-4o/chat/completions?api-version={version}", OA_BODY, "azure")
         assert r.status_code == 400 and r.json()["error"]["code"] == "BadRequest", version
-    assert post(base, "/openai/deployments/gpt-4o/chat/completions?api-version=2025-04-01-preview", OA_BODY, "azure").status_code == 200
+    preview = "/openai/deployments/gpt-4o/chat/completions?api-version=2025-04-01-preview"
+    assert post(base, preview, OA_BODY, "azure").status_code == 200
     r = post(base, AZURE_PATH.replace("gpt-4o", "gpt-5"), OA_BODY, "azure")
     assert r.status_code == 404 and r.json()["error"]["code"] == "DeploymentNotFound"
     for headers in ({}, {"authorization": "Bearer entra-token"}, {"api-key": ""}):

@@ -8,9 +8,17 @@ use llm_failover::classify::{classify_end, classify_headers, Health, Outcome, St
 use llm_failover::config::{self, BreakerSettings};
 use llm_failover::degraded::{degraded_response, DegradedReason};
 use llm_failover::plan;
-use llm_failover::providers::StreamMonitor;
+use llm_failover::providers::anthropic::StreamMonitor;
 use llm_failover::request_peek::RequestPeek;
+use llm_failover::request_rewrite::{rewrite, ClientRequest};
+use llm_failover::response_rewrite::{translate_json, StreamPipeline};
+use llm_failover::translate::request::{anthropic_to_openai, RequestOptions};
+use serde_json::{json, Value};
 use std::hint::black_box;
+
+/// The bench upstream's answers (`bench/upstream`), byte for byte.
+#[path = "../bench/upstream/src/answers.rs"]
+mod answers;
 
 const NOW: u64 = 1_800_000_000_000;
 
@@ -86,14 +94,14 @@ fn streams(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(stream.len() as u64));
     g.bench_function("anthropic monitor, 50-event stream in one chunk", |b| {
         b.iter(|| {
-            let mut m = StreamMonitor::new(config::Api::Anthropic);
+            let mut m = StreamMonitor::new();
             m.feed(black_box(&stream));
             m.verdict()
         })
     });
     g.bench_function("anthropic monitor, 50-event stream in 64-byte chunks", |b| {
         b.iter(|| {
-            let mut m = StreamMonitor::new(config::Api::Anthropic);
+            let mut m = StreamMonitor::new();
             for chunk in black_box(&stream).chunks(64) {
                 m.feed(chunk);
             }
@@ -143,7 +151,7 @@ fn decisions(c: &mut Criterion) {
         b.iter(|| {
             degraded_response(
                 &cfg.degraded,
-                config::Api::Anthropic,
+                config::ClientApi::Anthropic,
                 Some("claude-opus-4-6"),
                 true,
                 DegradedReason::NoProviderAvailable,
@@ -154,5 +162,136 @@ fn decisions(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, classification, window_update, streams, decisions);
+/// An Anthropic Messages request of at least `target` bytes: a system prompt, one tool, and a
+/// conversation of tool calls and results until the size is reached (ends with a user turn).
+fn anthropic_request(target: usize) -> Value {
+    let mut req = json!({
+        "model": "claude-opus-4-6", "max_tokens": 1024,
+        "system": "You are a concise assistant for an online store. Use the tools to look orders up.",
+        "tools": [{"name": "get_order_status", "description": "Look up the shipping status of an order by its number.",
+                   "input_schema": {"type": "object", "properties": {"order_id": {"type": "string",
+                                    "description": "The order number, e.g. 12345"}}, "required": ["order_id"]}}],
+        "messages": [{"role": "user", "content": "Where is my order #12345? It was due yesterday and the tracking page shows nothing."}],
+    });
+    let mut i = 0u32;
+    while serde_json::to_vec(&req).unwrap().len() < target {
+        let id = format!("toolu_01A09q90qw90lq917835lq{i:04}");
+        let order = 12345 + i;
+        let messages = req["messages"].as_array_mut().unwrap();
+        messages.push(json!({"role": "assistant", "content": [
+            {"type": "text", "text": format!("Let me look order #{order} up for you.")},
+            {"type": "tool_use", "id": id, "name": "get_order_status", "input": {"order_id": order.to_string()}}]}));
+        messages.push(json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": id,
+             "content": format!(r#"{{"order_id":"{order}","status":"in transit","carrier":"UPS","eta":"2026-11-28","last_scan":"Louisville, KY"}}"#)},
+            {"type": "text", "text": format!("Thanks. And what about order #{}? It shipped on the same day.", order + 1)}]}));
+        i += 1;
+    }
+    req
+}
+
+fn translation_config() -> config::Config {
+    config::parse(
+        br#"{"providers":[
+              {"name":"anthropic","cluster":"a"},
+              {"name":"vertex","cluster":"v","api":"vertex","vertex":{"project":"bench-project","region":"us-east5"},
+               "models":{"claude-opus-4-6":"claude-opus-4-6@20260201"}},
+              {"name":"bedrock","cluster":"b","api":"bedrock","models":{"claude-opus-4-6":"us.anthropic.claude-opus-4-6-v1:0"}},
+              {"name":"openai","cluster":"o","api":"openai","models":{"claude-opus-4-6":"gpt-4o"}}],
+            "chains":[{"providers":["anthropic","vertex","bedrock","openai"]},
+                      {"match":{"path_prefix":"/v1/chat"},
+                       "providers":["openai",{"provider":"anthropic","models":{"gpt-4o":"claude-opus-4-6"}}]}]}"#,
+        |_| None,
+    )
+    .unwrap()
+}
+
+/// Request bodies rewritten for another host (what the filter does once the body is in):
+/// the parse, then [`rewrite`] from the parsed request to the bytes the host gets.
+fn request_translation(c: &mut Criterion) {
+    let cfg = translation_config();
+    let (claude, gpt) = (&cfg.chains[0], &cfg.chains[1]);
+    let mut g = c.benchmark_group("request");
+    for kb in [1usize, 16] {
+        let anthropic = serde_json::to_vec(&anthropic_request(kb * 1024 - 64)).unwrap();
+        let parsed = ClientRequest::parse(config::ClientApi::Anthropic, "/v1/messages", &anthropic).unwrap();
+        let opts = RequestOptions { model: "gpt-4o", default_max_tokens: 4096 };
+        let openai = serde_json::to_vec(&anthropic_to_openai(&parsed.body, &opts).unwrap()).unwrap();
+        let parsed_openai = ClientRequest::parse(config::ClientApi::OpenAi, "/v1/chat/completions", &openai).unwrap();
+        g.throughput(Throughput::Bytes(anthropic.len() as u64));
+        g.bench_function(format!("parse Anthropic body, {kb} KB"), |b| {
+            b.iter(|| ClientRequest::parse(config::ClientApi::Anthropic, "/v1/messages", black_box(&anthropic)))
+        });
+        for (name, pos) in [("Vertex envelope", 1usize), ("Bedrock envelope", 2), ("translate Anthropic -> OpenAI", 3)] {
+            let provider = &cfg.providers[claude.providers[pos]];
+            let models = &claude.models[pos];
+            rewrite(&parsed, provider, models, 4096).unwrap();
+            g.bench_function(format!("rewrite: {name}, {kb} KB"), |b| {
+                b.iter(|| rewrite(black_box(&parsed), provider, models, 4096).map(|r| r.body.len()))
+            });
+        }
+        g.throughput(Throughput::Bytes(openai.len() as u64));
+        let (provider, models) = (&cfg.providers[gpt.providers[1]], &gpt.models[1]);
+        rewrite(&parsed_openai, provider, models, 4096).unwrap();
+        g.bench_function(format!("rewrite: translate OpenAI -> Anthropic, {kb} KB"), |b| {
+            b.iter(|| rewrite(black_box(&parsed_openai), provider, models, 4096).map(|r| r.body.len()))
+        });
+    }
+    g.finish();
+}
+
+/// Whole JSON answers translated for the client (the bench upstream's ~1.1 KB answers).
+fn answer_translation(c: &mut Criterion) {
+    use config::{Api, ClientApi};
+    let mut g = c.benchmark_group("json_answer");
+    for (name, api, client, body) in [
+        ("translate OpenAI -> Anthropic", Api::OpenAi, ClientApi::Anthropic, answers::openai_json()),
+        ("translate Anthropic -> OpenAI", Api::Anthropic, ClientApi::OpenAi, answers::anthropic_json()),
+    ] {
+        assert!(translate_json(api, client, 200, &body, 0).is_some());
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(name, |b| b.iter(|| translate_json(api, client, 200, black_box(&body), NOW / 1000)));
+    }
+    g.finish();
+}
+
+/// A streamed answer through [`StreamPipeline`], fed one upstream write (one event) at a time,
+/// as the filter sees the bench upstream's 50-event streams.
+fn stream_translation(c: &mut Criterion) {
+    use config::{Api, ClientApi};
+    let mut g = c.benchmark_group("stream_pipeline");
+    let cases = [
+        ("Anthropic SSE passthrough (monitor only)", Api::Anthropic, false, ClientApi::Anthropic, answers::anthropic_sse()),
+        ("Bedrock event-stream -> Anthropic SSE", Api::Bedrock, true, ClientApi::Anthropic, answers::bedrock_frames()),
+        ("OpenAI SSE -> Anthropic SSE", Api::OpenAi, false, ClientApi::Anthropic, answers::openai_sse()),
+        ("Anthropic SSE -> OpenAI SSE", Api::Anthropic, false, ClientApi::OpenAi, answers::anthropic_sse()),
+    ];
+    for (name, api, event_stream, client, chunks) in cases {
+        let run = |chunks: &[Vec<u8>]| {
+            let mut p = StreamPipeline::new(api, event_stream, client, true, NOW / 1000, 7);
+            let mut out = 0usize;
+            for chunk in chunks {
+                out += p.feed(chunk).map_or(0, <[u8]>::len);
+            }
+            (p.verdict(), out)
+        };
+        let (verdict, out) = run(&chunks);
+        assert_eq!(verdict, llm_failover::classify::StreamVerdict::Complete, "{name}");
+        assert_eq!(out > 0, api != Api::Anthropic || client != ClientApi::Anthropic, "{name}");
+        g.throughput(Throughput::Bytes(chunks.iter().map(Vec::len).sum::<usize>() as u64));
+        g.bench_function(name, |b| b.iter(|| run(black_box(&chunks))));
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    classification,
+    window_update,
+    streams,
+    decisions,
+    request_translation,
+    answer_translation,
+    stream_translation
+);
 criterion_main!(benches);

@@ -97,9 +97,90 @@ impl StreamMonitor {
 fn error_says_overloaded(err: &Value) -> bool {
     match err {
         Value::String(s) => says_overloaded(s),
-        Value::Object(o) => ["type", "code", "message"]
-            .iter()
-            .any(|k| o.get(*k).and_then(Value::as_str).is_some_and(says_overloaded)),
+        Value::Object(o) => {
+            ["type", "code", "message"].iter().any(|k| o.get(*k).and_then(Value::as_str).is_some_and(says_overloaded))
+        }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Chunk shapes from https://platform.openai.com/docs/api-reference/chat/streaming and
+    //! https://platform.openai.com/docs/api-reference/chat/create (stream_options.include_usage).
+    use super::*;
+    use crate::sse::SseParser;
+
+    const OK: &str = include_str!("../../tests/golden/translate/stream_openai_text.sse");
+    const TOOL: &str = include_str!("../../tests/golden/translate/stream_openai_tool.sse");
+    const ERR: &str = include_str!("../../tests/golden/translate/stream_openai_error.sse");
+
+    fn monitor(chunks: &[&[u8]]) -> StreamMonitor {
+        let mut m = StreamMonitor::new();
+        let mut p = SseParser::new();
+        for c in chunks {
+            p.feed(c, &mut |_, d| m.on_data(d));
+        }
+        m
+    }
+
+    #[test]
+    fn complete_streams_and_usage() {
+        let m = monitor(&[OK.as_bytes()]);
+        assert_eq!(m.verdict(), StreamVerdict::Complete);
+        assert_eq!(m.usage(), (Some(9), Some(12)));
+        let m = monitor(&[TOOL.as_bytes()]);
+        assert_eq!(m.verdict(), StreamVerdict::Complete);
+        assert_eq!(m.usage(), (Some(120), Some(40)));
+        // Split anywhere.
+        let b = OK.as_bytes();
+        for i in 0..b.len() {
+            assert_eq!(monitor(&[&b[..i], &b[i..]]).verdict(), StreamVerdict::Complete, "split at {i}");
+        }
+        // Without the usage chunk.
+        let no_usage: String =
+            OK.split("\n\n").filter(|e| !e.contains("\"choices\":[]")).collect::<Vec<_>>().join("\n\n");
+        let m = monitor(&[no_usage.as_bytes()]);
+        assert_eq!(m.verdict(), StreamVerdict::Complete);
+        assert_eq!(m.usage(), (None, None));
+    }
+
+    #[test]
+    fn error_chunks() {
+        assert_eq!(monitor(&[ERR.as_bytes()]).verdict(), StreamVerdict::Error { overloaded: true });
+        let e = b"data: {\"error\":{\"message\":\"The model produced invalid content.\",\"type\":\"model_error\",\"param\":null,\"code\":null}}\n\n";
+        assert_eq!(monitor(&[e]).verdict(), StreamVerdict::Error { overloaded: false });
+        let e = b"data: {\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        assert_eq!(monitor(&[e]).verdict(), StreamVerdict::Error { overloaded: true });
+        let e = b"data: {\"error\":\"Server Overloaded\"}\n\n";
+        assert_eq!(monitor(&[e]).verdict(), StreamVerdict::Error { overloaded: true });
+        // The first error's kind is kept; a later [DONE] does not make it complete.
+        let both = [&e[..], b"data: {\"error\":{\"type\":\"x\"}}\n\n", OK.as_bytes()].concat();
+        assert_eq!(monitor(&[&both]).verdict(), StreamVerdict::Error { overloaded: true });
+        // "error": null is not an error.
+        let ok_null = OK.replace("\"usage\":null}", "\"usage\":null,\"error\":null}");
+        assert_eq!(monitor(&[ok_null.as_bytes()]).verdict(), StreamVerdict::Complete);
+    }
+
+    #[test]
+    fn truncated_streams() {
+        let done = OK.find("data: [DONE]").unwrap();
+        for cut in 0..done {
+            assert_eq!(monitor(&[&OK.as_bytes()[..cut]]).verdict(), StreamVerdict::Truncated, "cut at {cut}");
+        }
+        // [DONE] without any finish_reason.
+        let s = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(monitor(&[s.as_bytes()]).verdict(), StreamVerdict::Truncated);
+        // finish_reason without [DONE].
+        let s = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+        assert_eq!(monitor(&[s.as_bytes()]).verdict(), StreamVerdict::Truncated);
+        assert_eq!(monitor(&[b"garbage\x00\x01\n\ndata: {{{\n\n"]).verdict(), StreamVerdict::Truncated);
+        assert_eq!(monitor(&[]).verdict(), StreamVerdict::Truncated);
+    }
+
+    #[test]
+    fn finish_reason_content_does_not_matter_and_garbage_is_skipped() {
+        let s = "data: not json\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"finish_reason\"},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\ndata: {\"error\":{\"type\":\"late\"}}\n\n";
+        assert_eq!(monitor(&[s.as_bytes()]).verdict(), StreamVerdict::Complete);
     }
 }

@@ -50,8 +50,9 @@
 //! - Ignored (cannot change the answer): `stream_options` (the stream translator emits usage
 //!   anyway); `seed` (a best-effort reproducibility hint); `store`, `metadata` (OpenAI-side
 //!   storage and tagging); `service_tier`; `prompt_cache_key`; `prediction` (a latency
-//!   hint); `image_url.detail` (a resolution hint); `tools[].function.strict` (Claude is not
-//!   held to the schema by the compatibility layer either).
+//!   hint); `image_url.detail` (a resolution/cost hint: Claude sees the image at its own
+//!   resolution); `tools[].function.strict` (a guarantee, not an instruction: Claude's tool
+//!   input follows the schema without it, as in Anthropic's own OpenAI compatibility layer).
 
 use super::Untranslatable;
 use serde_json::{json, Map, Value};
@@ -327,10 +328,7 @@ fn a2o_tool_result(b: &Value, path: &str) -> Res<Value> {
     match b.get("is_error") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
         Some(_) => {
-            return Err(bad(
-                format!("{path}.is_error"),
-                "OpenAI tool messages cannot mark a tool result as an error",
-            ))
+            return Err(bad(format!("{path}.is_error"), "OpenAI tool messages cannot mark a tool result as an error"))
         }
     }
     let text = match b.get("content") {
@@ -442,10 +440,7 @@ fn a2o_tools(v: &Value) -> Res<Value> {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s == "custom" => {}
             Some(_) => {
-                return Err(bad(
-                    format!("{path}.type"),
-                    "server tools have no OpenAI Chat Completions equivalent",
-                ))
+                return Err(bad(format!("{path}.type"), "server tools have no OpenAI Chat Completions equivalent"))
             }
         }
         only_keys(t, &path, &["name", "description", "input_schema", "cache_control", "strict"])?;
@@ -455,7 +450,10 @@ fn a2o_tools(v: &Value) -> Res<Value> {
             f.insert("description".into(), d.clone());
         }
         let schema = t.get("input_schema").filter(|s| s.is_object());
-        f.insert("parameters".into(), schema.cloned().ok_or_else(|| bad(format!("{path}.input_schema"), "must be an object"))?);
+        f.insert(
+            "parameters".into(),
+            schema.cloned().ok_or_else(|| bad(format!("{path}.input_schema"), "must be an object"))?,
+        );
         if let Some(s) = t.get("strict").filter(|s| s.is_boolean()) {
             f.insert("strict".into(), s.clone());
         }
@@ -794,10 +792,7 @@ fn o2a_user_content(content: &Value, path: &str) -> Res<Vec<Value>> {
                 out.push(o2a_image(str_field(img, "url", &ipath)?, &format!("{ipath}.url"))?);
             }
             t => {
-                return Err(bad(
-                    format!("{ppath}.type"),
-                    format!("`{t}` parts have no Anthropic Messages equivalent"),
-                ))
+                return Err(bad(format!("{ppath}.type"), format!("`{t}` parts have no Anthropic Messages equivalent")))
             }
         }
     }
@@ -955,4 +950,126 @@ fn o2a_tool_choice(v: &Value) -> Res<Option<Value>> {
         }
         _ => return Err(bad("tool_choice", "must be a string or an object")),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Golden requests written from the public API references:
+    //! - Anthropic Messages: https://docs.anthropic.com/en/api/messages
+    //! - OpenAI Chat Completions: https://platform.openai.com/docs/api-reference/chat/create
+    //! - What Anthropic's own compatibility layer accepts: https://docs.anthropic.com/en/api/openai-sdk
+    use super::*;
+
+    const A2O: &str = include_str!("../../tests/golden/translate/request_anthropic_to_openai.json");
+    const O2A: &str = include_str!("../../tests/golden/translate/request_openai_to_anthropic.json");
+    const REFUSALS: &str = include_str!("../../tests/golden/translate/request_refusals.json");
+
+    const TO_OPENAI: RequestOptions<'static> = RequestOptions { model: "gpt-4o", default_max_tokens: 4096 };
+    const TO_ANTHROPIC: RequestOptions<'static> = RequestOptions { model: "claude-opus-4-6", default_max_tokens: 4096 };
+
+    fn cases(s: &str) -> Vec<Value> {
+        serde_json::from_str::<Value>(s).unwrap().as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn anthropic_to_openai_goldens() {
+        let cases = cases(A2O);
+        assert!(cases.len() >= 7);
+        for c in cases {
+            let got = anthropic_to_openai(&c["anthropic"], &TO_OPENAI).unwrap_or_else(|e| panic!("{}: {e}", c["name"]));
+            assert_eq!(got, c["openai"], "{}", c["name"]);
+        }
+    }
+
+    #[test]
+    fn openai_to_anthropic_goldens() {
+        let cases = cases(O2A);
+        assert!(cases.len() >= 7);
+        for c in cases {
+            let got = openai_to_anthropic(&c["openai"], &TO_ANTHROPIC).unwrap_or_else(|e| panic!("{}: {e}", c["name"]));
+            assert_eq!(got, c["anthropic"], "{}", c["name"]);
+        }
+    }
+
+    #[test]
+    fn every_refusal_names_its_field() {
+        let all: Value = serde_json::from_str(REFUSALS).unwrap();
+        let mut n = 0;
+        for c in all["anthropic_to_openai"].as_array().unwrap() {
+            let err = anthropic_to_openai(&c["body"], &TO_OPENAI).expect_err(&c.to_string());
+            assert_eq!(err.field, c["field"].as_str().unwrap(), "{c} -> {err}");
+            assert!(!err.reason.is_empty());
+            n += 1;
+        }
+        for c in all["openai_to_anthropic"].as_array().unwrap() {
+            let err = openai_to_anthropic(&c["body"], &TO_ANTHROPIC).expect_err(&c.to_string());
+            assert_eq!(err.field, c["field"].as_str().unwrap(), "{c} -> {err}");
+            n += 1;
+        }
+        assert!(n >= 50);
+    }
+
+    #[test]
+    fn request_round_trip_keeps_the_conversation() {
+        // OpenAI -> Anthropic -> OpenAI gives back what the client said (modulo representation).
+        let c = &cases(O2A)[2];
+        let anthropic = openai_to_anthropic(&c["openai"], &TO_ANTHROPIC).unwrap();
+        let back = anthropic_to_openai(&anthropic, &TO_OPENAI).unwrap();
+        let msgs = back["messages"].as_array().unwrap();
+        assert_eq!(msgs[1]["tool_calls"][0]["id"], "call_abc123");
+        let args: Value =
+            serde_json::from_str(msgs[1]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, serde_json::json!({"location": "Boston, MA"}));
+        assert_eq!(msgs[2], serde_json::json!({"role": "tool", "tool_call_id": "call_abc123", "content": "22 F"}));
+        assert_eq!(msgs[3]["content"], "3 Ccloudy");
+        assert_eq!(msgs[4], serde_json::json!({"role": "user", "content": "And tomorrow?"}));
+        assert_eq!(back["tool_choice"], "required");
+        assert_eq!(back["parallel_tool_calls"], false);
+        assert_eq!(back["max_completion_tokens"], 500);
+    }
+
+    #[test]
+    fn nulls_mean_absent() {
+        let body = serde_json::json!({
+            "model": "x", "max_tokens": 5, "temperature": null, "top_k": null, "stop_sequences": null,
+            "tools": null, "tool_choice": null, "metadata": {"user_id": null}, "system": "",
+            "messages": [{"role": "user", "content": "hi"}]
+        });
+        let got = anthropic_to_openai(&body, &TO_OPENAI).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!({"model": "gpt-4o", "max_completion_tokens": 5,
+                               "messages": [{"role": "user", "content": "hi"}]})
+        );
+        let body = serde_json::json!({
+            "model": "x", "messages": [{"role": "user", "content": "hi"}], "n": null, "stop": null,
+            "logit_bias": null, "tools": null, "functions": null, "audio": null, "temperature": 1
+        });
+        let got = openai_to_anthropic(&body, &TO_ANTHROPIC).unwrap();
+        assert_eq!(got["temperature"], 1);
+        assert_eq!(got.as_object().unwrap().len(), 4, "{got}");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let shapes = [
+            serde_json::json!(null),
+            serde_json::json!({"messages": "x"}),
+            serde_json::json!({"messages": [1, null, {"role": 3}]}),
+            serde_json::json!({"messages": [{"role": "user", "content": [1, {"type": 2}, {"type": "image"}]}]}),
+            serde_json::json!({"messages": [{"role": "assistant", "content": [{"type": "tool_use"}]}, {"role": "user", "content": "x"}]}),
+            serde_json::json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:"}}]}]}),
+            serde_json::json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64"}}]}]}),
+            serde_json::json!({"messages": [{"role": "tool"}]}),
+            serde_json::json!({"tools": [1], "messages": []}),
+            serde_json::json!({"tools": [{"type": "function"}], "messages": []}),
+            serde_json::json!({"tool_choice": 5, "messages": []}),
+            serde_json::json!({"max_tokens": -1, "messages": []}),
+            serde_json::json!({"temperature": "hot", "messages": []}),
+        ];
+        for s in &shapes {
+            let _ = anthropic_to_openai(s, &TO_OPENAI);
+            let _ = openai_to_anthropic(s, &TO_ANTHROPIC);
+        }
+    }
 }

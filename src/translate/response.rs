@@ -126,8 +126,7 @@ pub fn openai_to_anthropic(body: &[u8]) -> Option<Vec<u8>> {
         for c in calls {
             let f = c.get("function")?;
             let args = f.get("arguments").and_then(Value::as_str).unwrap_or_default();
-            let input: Value =
-                if args.trim().is_empty() { json!({}) } else { serde_json::from_str(args).ok()? };
+            let input: Value = if args.trim().is_empty() { json!({}) } else { serde_json::from_str(args).ok()? };
             if !input.is_object() {
                 return None;
             }
@@ -213,7 +212,7 @@ pub fn anthropic_error_kind(openai_type: &str, code: &str, message: &str, status
         "invalid_api_key" => return "authentication_error",
         "permission_denied" => return "permission_error",
         "not_found" | "model_not_found" => return "not_found_error",
-        "request_too_large" | "context_length_exceeded" => return "invalid_request_error",
+        "request_too_large" => return "request_too_large",
         "rate_limit_exceeded" => return "rate_limit_error",
         "insufficient_quota" => return "billing_error",
         "timeout" => return "timeout_error",
@@ -309,4 +308,116 @@ pub fn openai_error_fields(err: Option<&Value>, status: u16, body: &[u8]) -> (&'
 pub fn anthropic_error_body(anthropic_type: &str, message: &str) -> Vec<u8> {
     let out = json!({"type": "error", "error": {"type": anthropic_type, "message": message}});
     serde_json::to_vec(&out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Golden answers and errors written from the public API references:
+    //! - Anthropic Messages (response, errors): https://docs.anthropic.com/en/api/messages,
+    //!   https://docs.anthropic.com/en/api/errors
+    //! - OpenAI chat completion object, errors: https://platform.openai.com/docs/api-reference/chat/object,
+    //!   https://platform.openai.com/docs/guides/error-codes
+    use super::*;
+
+    const A2O: &str = include_str!("../../tests/golden/translate/response_anthropic_to_openai.json");
+    const O2A: &str = include_str!("../../tests/golden/translate/response_openai_to_anthropic.json");
+    const ERRORS: &str = include_str!("../../tests/golden/translate/errors.json");
+
+    fn cases(s: &str) -> Vec<Value> {
+        serde_json::from_str::<Value>(s).unwrap().as_array().unwrap().clone()
+    }
+
+    fn parse(b: &[u8]) -> Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn anthropic_answers_as_chat_completions() {
+        let cases = cases(A2O);
+        let mut reasons: Vec<String> = Vec::new();
+        for c in &cases {
+            let body = serde_json::to_vec(&c["anthropic"]).unwrap();
+            let got = parse(&anthropic_to_openai(&body, 1_700_000_000).unwrap());
+            assert_eq!(got, c["openai"], "{}", c["name"]);
+            reasons.push(got["choices"][0]["finish_reason"].as_str().unwrap().into());
+        }
+        for r in ["stop", "length", "tool_calls", "content_filter"] {
+            assert!(reasons.iter().any(|x| x == r), "{r} not covered");
+        }
+    }
+
+    #[test]
+    fn chat_completions_as_anthropic_answers() {
+        for c in cases(O2A) {
+            let body = serde_json::to_vec(&c["openai"]).unwrap();
+            let got = parse(&openai_to_anthropic(&body).unwrap());
+            assert_eq!(got, c["anthropic"], "{}", c["name"]);
+        }
+    }
+
+    #[test]
+    fn answer_round_trip() {
+        for c in cases(A2O) {
+            let body = serde_json::to_vec(&c["anthropic"]).unwrap();
+            let back = parse(&openai_to_anthropic(&anthropic_to_openai(&body, 1).unwrap()).unwrap());
+            assert_eq!(
+                back["content"].as_array().unwrap().iter().filter(|b| b["type"] == "tool_use").count(),
+                c["anthropic"]["content"].as_array().unwrap().iter().filter(|b| b["type"] == "tool_use").count()
+            );
+            let want_stop = match c["anthropic"]["stop_reason"].as_str().unwrap() {
+                "stop_sequence" => "end_turn",
+                s => s,
+            };
+            assert_eq!(back["stop_reason"], want_stop, "{}", c["name"]);
+            assert_eq!(back["usage"]["output_tokens"], c["anthropic"]["usage"]["output_tokens"]);
+        }
+    }
+
+    #[test]
+    fn unparseable_answers_are_none() {
+        assert!(anthropic_to_openai(b"not json", 0).is_none());
+        assert!(anthropic_to_openai(b"{\"type\":\"error\",\"error\":{}}", 0).is_none());
+        assert!(openai_to_anthropic(b"{}").is_none());
+        assert!(openai_to_anthropic(b"{\"choices\":[]}").is_none());
+        let bad_args = br#"{"id":"x","model":"m","choices":[{"message":{"tool_calls":[{"id":"c","function":{"name":"f","arguments":"{\"a\":"}}]},"finish_reason":"length"}]}"#;
+        assert!(openai_to_anthropic(bad_args).is_none());
+    }
+
+    #[test]
+    fn errors_both_ways() {
+        let all: Value = serde_json::from_str(ERRORS).unwrap();
+        for c in all["anthropic_to_openai"].as_array().unwrap() {
+            let status = c["status"].as_u64().unwrap() as u16;
+            let got = parse(&anthropic_error_to_openai(status, &serde_json::to_vec(&c["in"]).unwrap()));
+            assert_eq!(got, c["out"], "{status}");
+            // And back: the type and message survive.
+            let back = parse(&openai_error_to_anthropic(status, &serde_json::to_vec(&got).unwrap()));
+            assert_eq!(back["error"], c["in"]["error"], "{status} round trip");
+        }
+        for c in all["openai_to_anthropic"].as_array().unwrap() {
+            let status = c["status"].as_u64().unwrap() as u16;
+            let got = parse(&openai_error_to_anthropic(status, &serde_json::to_vec(&c["in"]).unwrap()));
+            assert_eq!(got, c["out"], "{status}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_that_are_not_json_keep_their_text() {
+        let got = parse(&anthropic_error_to_openai(502, b"<html>Bad Gateway</html>"));
+        assert_eq!(got["error"]["message"], "<html>Bad Gateway</html>");
+        assert_eq!(got["error"]["type"], "server_error");
+        let got = parse(&openai_error_to_anthropic(529, b""));
+        assert_eq!(
+            got,
+            serde_json::json!({"type": "error", "error": {"type": "overloaded_error", "message": "upstream answered HTTP 529"}})
+        );
+        let got = parse(&openai_error_to_anthropic(429, b"{\"error\":\"slow down\"}"));
+        assert_eq!(got["error"]["type"], "rate_limit_error");
+        assert_eq!(got["error"]["message"], "slow down");
+        let long = vec![b'x'; 5000];
+        let got = parse(&openai_error_to_anthropic(500, &long));
+        assert_eq!(got["error"]["message"].as_str().unwrap().len(), MAX_RAW_MESSAGE);
+        let got = parse(&anthropic_error_to_openai(404, b"{\"error\":{\"type\":\"new_kind\",\"message\":\"m\"}}"));
+        assert_eq!(got["error"]["code"], "not_found");
+    }
 }

@@ -13,7 +13,8 @@
 //! [`super::response`]); `message_stop` -> a usage chunk (`choices: []`, when `include_usage`)
 //! then `data: [DONE]`; `error` -> `data: {"error": {...}}` (OpenAI style), nothing after it.
 //! Ignored: `ping`, `content_block_stop`, thinking/signature/citation deltas and non-tool
-//! blocks other than text, unknown events, events that are not JSON.
+//! blocks other than text, unknown events, events that are not JSON. More than 4096 tool
+//! calls in one stream -> an error chunk (state stays bounded).
 //!
 //! **OpenAI -> Anthropic** ([`OpenAiToAnthropic`]): the first chunk -> `message_start` (a full
 //! message: id `msg_<16 hex of id_suffix>`, `content: []`, model from the chunk, usage 0/0);
@@ -24,8 +25,8 @@
 //! (`input_tokens` = prompt - cached, `cache_read_input_tokens`, `output_tokens`); `[DONE]` ->
 //! `message_stop`; an error chunk -> `event: error` with an Anthropic error, nothing after it.
 //! Refused in-stream (an `event: error`, then nothing): deltas returning to a tool call that
-//! was already closed (Anthropic blocks cannot be reopened), and `[DONE]` without any
-//! `finish_reason`. Ignored: choices other than index 0, chunks that are not JSON, data after
+//! was already closed (Anthropic blocks cannot be reopened), tool index >= 4096, and `[DONE]`
+//! without any `finish_reason`. Ignored: choices other than index 0, chunks that are not JSON, data after
 //! the end.
 //!
 //! Both translators' `finish` (end of the upstream body) never fabricates a successful end: if
@@ -323,8 +324,7 @@ impl AnthropicToOpenAi {
             b"message_stop" => {
                 self.start(out);
                 if self.include_usage {
-                    let prompt =
-                        self.input_tokens.saturating_add(self.cache_creation).saturating_add(self.cache_read);
+                    let prompt = self.input_tokens.saturating_add(self.cache_creation).saturating_add(self.cache_read);
                     let usage = OUsage {
                         prompt_tokens: prompt,
                         completion_tokens: self.output_tokens,
@@ -756,7 +756,11 @@ impl OpenAiToAnthropic {
         let index = self.next_block;
         self.next_block = self.next_block.saturating_add(1);
         self.open = Some((kind, index));
-        write_event(out, "content_block_start", &ABlockStartOut { kind: "content_block_start", index, content_block: block });
+        write_event(
+            out,
+            "content_block_start",
+            &ABlockStartOut { kind: "content_block_start", index, content_block: block },
+        );
         index
     }
 
@@ -790,5 +794,454 @@ impl OpenAiToAnthropic {
     fn send_error(&mut self, out: &mut Vec<u8>, kind: &str, message: &str) {
         write_raw_event(out, "error", &anthropic_error_body(kind, message));
         self.failed = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Streams written from the public references:
+    //! - Anthropic streaming events: https://docs.anthropic.com/en/docs/build-with-claude/streaming
+    //! - OpenAI chunk object and streaming: https://platform.openai.com/docs/api-reference/chat/streaming,
+    //!   https://platform.openai.com/docs/api-reference/chat/create (stream_options.include_usage)
+    //!
+    //! Expected outputs live next to the inputs (`*.openai.sse`, `*.anthropic.sse`); run with
+    //! `BLESS=1` to rewrite them after a deliberate change, then review the diff.
+    use super::*;
+    use crate::classify::StreamVerdict;
+    use crate::sse::SseParser;
+    use serde_json::{json, Value};
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/translate/");
+    const A_TEXT: &str = include_str!("../../tests/golden/translate/stream_anthropic_text.sse");
+    const A_TOOL: &str = include_str!("../../tests/golden/translate/stream_anthropic_tool.sse");
+    const A_ERROR: &str = include_str!("../../tests/golden/translate/stream_anthropic_error.sse");
+    const O_TEXT: &str = include_str!("../../tests/golden/translate/stream_openai_text.sse");
+    const O_TOOL: &str = include_str!("../../tests/golden/translate/stream_openai_tool.sse");
+    const O_ERROR: &str = include_str!("../../tests/golden/translate/stream_openai_error.sse");
+    const A_TEXT_OUT: &str = include_str!("../../tests/golden/translate/stream_anthropic_text.openai.sse");
+    const A_TOOL_OUT: &str = include_str!("../../tests/golden/translate/stream_anthropic_tool.openai.sse");
+    const A_ERROR_OUT: &str = include_str!("../../tests/golden/translate/stream_anthropic_error.openai.sse");
+    const O_TEXT_OUT: &str = include_str!("../../tests/golden/translate/stream_openai_text.anthropic.sse");
+    const O_TOOL_OUT: &str = include_str!("../../tests/golden/translate/stream_openai_tool.anthropic.sse");
+    const O_ERROR_OUT: &str = include_str!("../../tests/golden/translate/stream_openai_error.anthropic.sse");
+
+    fn a2o(pieces: &[&[u8]], include_usage: bool) -> Vec<u8> {
+        let mut p = SseParser::new();
+        let mut t = AnthropicToOpenAi::new(1_700_000_000, include_usage);
+        let mut out = Vec::new();
+        for piece in pieces {
+            p.feed(piece, &mut |e, d| t.on_event(e, d, &mut out));
+        }
+        out
+    }
+
+    fn o2a(pieces: &[&[u8]]) -> Vec<u8> {
+        let mut p = SseParser::new();
+        let mut t = OpenAiToAnthropic::new(0xfeed);
+        let mut out = Vec::new();
+        for piece in pieces {
+            p.feed(piece, &mut |_, d| t.on_data(d, &mut out));
+        }
+        out
+    }
+
+    /// Same output whole and split in two at every byte.
+    fn split_invariant(input: &str, run: &dyn Fn(&[&[u8]]) -> Vec<u8>) -> Vec<u8> {
+        let b = input.as_bytes();
+        let whole = run(&[b]);
+        for i in 0..=b.len() {
+            assert_eq!(run(&[&b[..i], &b[i..]]), whole, "split at {i}");
+        }
+        let bytes: Vec<&[u8]> = b.chunks(1).collect();
+        assert_eq!(run(&bytes), whole, "byte by byte");
+        whole
+    }
+
+    fn golden(name: &str, expected: &str, got: &[u8]) {
+        let got = String::from_utf8(got.to_vec()).unwrap();
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(format!("{DIR}{name}"), &got).unwrap();
+            return;
+        }
+        assert_eq!(got, expected, "{name}");
+    }
+
+    fn events(sse: &[u8]) -> Vec<(String, Value)> {
+        let mut p = SseParser::new();
+        let mut v = Vec::new();
+        p.feed(sse, &mut |e, d| {
+            let data = if d == b"[DONE]" { json!("[DONE]") } else { serde_json::from_slice(d).unwrap() };
+            v.push((String::from_utf8(e.to_vec()).unwrap(), data));
+        });
+        v
+    }
+
+    /// Accumulates Anthropic events the way the SDKs do, strictly: a block is only
+    /// addressed while open, `message_start` comes first and once, nothing follows
+    /// `message_stop`. Returns the final message and whether `message_stop` arrived.
+    fn accumulate_anthropic(sse: &[u8]) -> (Value, bool) {
+        let mut msg = Value::Null;
+        let mut json_buf = String::new();
+        let mut open: Option<usize> = None;
+        let mut stopped = false;
+        for (name, ev) in events(sse) {
+            assert!(!stopped, "event after message_stop");
+            assert_eq!(ev["type"], name.as_str());
+            match name.as_str() {
+                "message_start" => {
+                    assert!(msg.is_null());
+                    msg = ev["message"].clone();
+                    for k in ["id", "type", "role", "content", "model", "stop_reason", "stop_sequence", "usage"] {
+                        assert!(msg.get(k).is_some(), "message_start lacks {k}");
+                    }
+                    assert_eq!(msg["content"], json!([]));
+                }
+                "content_block_start" => {
+                    assert!(open.is_none());
+                    let content = msg["content"].as_array_mut().unwrap();
+                    assert_eq!(ev["index"], content.len());
+                    content.push(ev["content_block"].clone());
+                    open = Some(content.len() - 1);
+                    json_buf.clear();
+                }
+                "content_block_delta" => {
+                    let i = ev["index"].as_u64().unwrap() as usize;
+                    assert_eq!(open, Some(i));
+                    let block = &mut msg["content"][i];
+                    match ev["delta"]["type"].as_str().unwrap() {
+                        "text_delta" => {
+                            let t =
+                                format!("{}{}", block["text"].as_str().unwrap(), ev["delta"]["text"].as_str().unwrap());
+                            block["text"] = json!(t);
+                        }
+                        "input_json_delta" => json_buf.push_str(ev["delta"]["partial_json"].as_str().unwrap()),
+                        other => panic!("delta {other}"),
+                    }
+                }
+                "content_block_stop" => {
+                    let i = ev["index"].as_u64().unwrap() as usize;
+                    assert_eq!(open.take(), Some(i));
+                    if msg["content"][i]["type"] == "tool_use" && !json_buf.is_empty() {
+                        msg["content"][i]["input"] = serde_json::from_str(&json_buf).unwrap();
+                    }
+                }
+                "message_delta" => {
+                    assert!(open.is_none());
+                    msg["stop_reason"] = ev["delta"]["stop_reason"].clone();
+                    msg["stop_sequence"] = ev["delta"]["stop_sequence"].clone();
+                    for (k, v) in ev["usage"].as_object().unwrap() {
+                        msg["usage"][k] = v.clone();
+                    }
+                }
+                "message_stop" => stopped = true,
+                "ping" => {}
+                "error" => panic!("unexpected error event {ev}"),
+                other => panic!("unknown event {other}"),
+            }
+        }
+        (msg, stopped)
+    }
+
+    /// (text, [(id, name, arguments)], finish_reason, usage, saw [DONE]).
+    type OpenAiResult = (String, Vec<(String, String, String)>, Option<String>, Value, bool);
+
+    /// Accumulates OpenAI chunks the way the SDKs do.
+    fn accumulate_openai(sse: &[u8]) -> OpenAiResult {
+        let mut text = String::new();
+        let mut tools: Vec<(String, String, String)> = Vec::new();
+        let (mut finish, mut usage, mut done) = (None, Value::Null, false);
+        let mut id = None;
+        for (name, ev) in events(sse) {
+            assert_eq!(name, "message");
+            assert!(!done, "data after [DONE]");
+            if ev == "[DONE]" {
+                done = true;
+                continue;
+            }
+            assert_eq!(ev["object"], "chat.completion.chunk");
+            let this_id = ev["id"].as_str().unwrap().to_owned();
+            assert_eq!(id.get_or_insert(this_id.clone()), &this_id, "one id per stream");
+            if !ev["usage"].is_null() {
+                usage = ev["usage"].clone();
+            }
+            for c in ev["choices"].as_array().unwrap() {
+                let d = &c["delta"];
+                if let Some(t) = d["content"].as_str() {
+                    text.push_str(t);
+                }
+                for tc in d["tool_calls"].as_array().into_iter().flatten() {
+                    let i = tc["index"].as_u64().unwrap() as usize;
+                    if i == tools.len() {
+                        tools.push((
+                            tc["id"].as_str().unwrap().into(),
+                            tc["function"]["name"].as_str().unwrap().into(),
+                            String::new(),
+                        ));
+                    }
+                    tools[i].2.push_str(tc["function"]["arguments"].as_str().unwrap());
+                }
+                if let Some(f) = c["finish_reason"].as_str() {
+                    finish = Some(f.to_owned());
+                }
+            }
+        }
+        (text, tools, finish, usage, done)
+    }
+
+    fn openai_verdict(sse: &[u8]) -> StreamVerdict {
+        let mut m = crate::providers::openai::StreamMonitor::new();
+        let mut p = SseParser::new();
+        p.feed(sse, &mut |_, d| m.on_data(d));
+        m.verdict()
+    }
+
+    fn anthropic_verdict(sse: &[u8]) -> StreamVerdict {
+        let mut m = crate::providers::anthropic::StreamMonitor::new();
+        m.feed(sse);
+        m.verdict()
+    }
+
+    #[test]
+    fn anthropic_text_stream_to_openai() {
+        let out = split_invariant(A_TEXT, &|p| a2o(p, true));
+        golden("stream_anthropic_text.openai.sse", A_TEXT_OUT, &out);
+        let (text, tools, finish, usage, done) = accumulate_openai(&out);
+        assert_eq!(text, "Hello! \"Quoted\" and caf\u{e9} \u{2014} ok.");
+        assert!(tools.is_empty());
+        assert_eq!(finish.as_deref(), Some("stop"));
+        assert_eq!(
+            usage,
+            json!({"prompt_tokens": 25, "completion_tokens": 15, "total_tokens": 40, "prompt_tokens_details": {"cached_tokens": 0}})
+        );
+        assert!(done);
+        assert_eq!(openai_verdict(&out), StreamVerdict::Complete);
+        // Without include_usage: no usage anywhere.
+        let out = a2o(&[A_TEXT.as_bytes()], false);
+        assert!(!String::from_utf8(out.clone()).unwrap().contains("usage"));
+        assert_eq!(openai_verdict(&out), StreamVerdict::Complete);
+    }
+
+    #[test]
+    fn anthropic_tool_stream_to_openai() {
+        let out = split_invariant(A_TOOL, &|p| a2o(p, true));
+        golden("stream_anthropic_tool.openai.sse", A_TOOL_OUT, &out);
+        let (text, tools, finish, usage, done) = accumulate_openai(&out);
+        assert_eq!(text, "Okay, let me check.");
+        assert_eq!(tools.len(), 2);
+        assert_eq!(tools[0].0, "toolu_01T1x1fJ34qAmk2tNTrN7Up6");
+        assert_eq!(tools[0].1, "get_weather");
+        assert_eq!(serde_json::from_str::<Value>(&tools[0].2).unwrap(), json!({"location": "San Francisco, CA"}));
+        assert_eq!(tools[1].1, "get_time");
+        assert_eq!(serde_json::from_str::<Value>(&tools[1].2).unwrap(), json!({"tz": "PST"}));
+        assert_eq!(finish.as_deref(), Some("tool_calls"));
+        assert_eq!(usage["completion_tokens"], 89);
+        assert!(done);
+    }
+
+    #[test]
+    fn anthropic_error_event_becomes_an_openai_error_chunk() {
+        let out = split_invariant(A_ERROR, &|p| a2o(p, true));
+        golden("stream_anthropic_error.openai.sse", A_ERROR_OUT, &out);
+        let s = String::from_utf8(out.clone()).unwrap();
+        assert!(!s.contains("[DONE]"));
+        assert!(s.ends_with(
+            "data: {\"error\":{\"code\":\"server_is_overloaded\",\"message\":\"Overloaded\",\"param\":null,\"type\":\"server_error\"}}\n\n"
+        ));
+        assert_eq!(openai_verdict(&out), StreamVerdict::Error { overloaded: true });
+    }
+
+    #[test]
+    fn truncated_anthropic_stream_stays_truncated() {
+        let b = A_TOOL.as_bytes();
+        let stop = A_TOOL.find("event: message_stop").unwrap();
+        for cut in 0..stop {
+            let mut p = SseParser::new();
+            let mut t = AnthropicToOpenAi::new(1, true);
+            let mut out = Vec::new();
+            p.feed(&b[..cut], &mut |e, d| t.on_event(e, d, &mut out));
+            assert!(!t.is_done());
+            let s = String::from_utf8(out.clone()).unwrap();
+            assert!(!s.contains("[DONE]"), "cut at {cut}");
+            assert_eq!(openai_verdict(&out), StreamVerdict::Truncated, "cut at {cut}");
+            t.finish(&mut out);
+            t.finish(&mut out);
+            let s = String::from_utf8(out.clone()).unwrap();
+            assert!(!s.contains("[DONE]"));
+            assert_eq!(s.matches("\"error\"").count(), 1, "one error chunk at cut {cut}");
+            assert_eq!(openai_verdict(&out), StreamVerdict::Error { overloaded: false });
+        }
+        // A complete stream: finish adds nothing.
+        let mut t = AnthropicToOpenAi::new(1, true);
+        let mut out = Vec::new();
+        SseParser::new().feed(b, &mut |e, d| t.on_event(e, d, &mut out));
+        let n = out.len();
+        t.finish(&mut out);
+        assert_eq!(out.len(), n);
+    }
+
+    #[test]
+    fn openai_text_stream_to_anthropic() {
+        let out = split_invariant(O_TEXT, &o2a);
+        golden("stream_openai_text.anthropic.sse", O_TEXT_OUT, &out);
+        let (msg, stopped) = accumulate_anthropic(&out);
+        assert!(stopped);
+        assert_eq!(msg["id"], "msg_000000000000feed");
+        assert_eq!(msg["model"], "gpt-4o-mini-2024-07-18");
+        assert_eq!(msg["content"], json!([{"type": "text", "text": "Hello! \"Quoted\" and caf\u{e9}."}]));
+        assert_eq!(msg["stop_reason"], "end_turn");
+        assert_eq!(msg["usage"]["input_tokens"], 9);
+        assert_eq!(msg["usage"]["output_tokens"], 12);
+        assert_eq!(anthropic_verdict(&out), StreamVerdict::Complete);
+    }
+
+    #[test]
+    fn openai_tool_stream_to_anthropic() {
+        let out = split_invariant(O_TOOL, &o2a);
+        golden("stream_openai_tool.anthropic.sse", O_TOOL_OUT, &out);
+        let (msg, stopped) = accumulate_anthropic(&out);
+        assert!(stopped);
+        assert_eq!(
+            msg["content"],
+            json!([
+                {"type": "text", "text": "Checking both."},
+                {"type": "tool_use", "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA", "name": "get_weather", "input": {"location": "Paris"}},
+                {"type": "tool_use", "id": "call_2", "name": "get_time", "input": {}}
+            ])
+        );
+        assert_eq!(msg["stop_reason"], "tool_use");
+        assert_eq!(msg["usage"]["input_tokens"], 20);
+        assert_eq!(msg["usage"]["cache_read_input_tokens"], 100);
+        assert_eq!(msg["usage"]["output_tokens"], 40);
+    }
+
+    #[test]
+    fn openai_error_chunk_becomes_an_anthropic_error_event() {
+        let out = split_invariant(O_ERROR, &o2a);
+        golden("stream_openai_error.anthropic.sse", O_ERROR_OUT, &out);
+        let s = String::from_utf8(out.clone()).unwrap();
+        assert!(!s.contains("message_stop"));
+        assert!(s.ends_with("event: error\ndata: {\"error\":{\"message\":\"The server is overloaded or not ready yet.\",\"type\":\"overloaded_error\"},\"type\":\"error\"}\n\n"));
+        assert_eq!(anthropic_verdict(&out), StreamVerdict::Error { overloaded: true });
+    }
+
+    #[test]
+    fn truncated_openai_stream_stays_truncated() {
+        let b = O_TOOL.as_bytes();
+        let done = O_TOOL.find("data: [DONE]").unwrap();
+        for cut in 0..done {
+            let mut p = SseParser::new();
+            let mut t = OpenAiToAnthropic::new(1);
+            let mut out = Vec::new();
+            p.feed(&b[..cut], &mut |_, d| t.on_data(d, &mut out));
+            assert!(!String::from_utf8(out.clone()).unwrap().contains("message_stop"), "cut at {cut}");
+            assert_eq!(anthropic_verdict(&out), StreamVerdict::Truncated, "cut at {cut}");
+            t.finish(&mut out);
+            t.finish(&mut out);
+            let s = String::from_utf8(out.clone()).unwrap();
+            assert!(!s.contains("message_stop"));
+            assert_eq!(s.matches("event: error").count(), 1);
+            assert_eq!(anthropic_verdict(&out), StreamVerdict::Error { overloaded: false });
+        }
+        // [DONE] without any finish_reason is not a complete answer either.
+        let out = o2a(&[
+            b"data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n",
+        ]);
+        let s = String::from_utf8(out.clone()).unwrap();
+        assert!(!s.contains("message_stop") && s.contains("event: error"));
+    }
+
+    #[test]
+    fn usage_in_the_finish_chunk_or_missing() {
+        // Some compatible servers put usage in the finish chunk itself.
+        let s = "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+        let (msg, stopped) = accumulate_anthropic(&o2a(&[s.as_bytes()]));
+        assert!(stopped);
+        assert_eq!(
+            (msg["stop_reason"].as_str(), msg["usage"]["output_tokens"].as_u64()),
+            (Some("max_tokens"), Some(1))
+        );
+        // No usage chunk at all (include_usage was off): message_delta waits for [DONE].
+        let s = "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\ndata: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"content_filter\"}]}\n\ndata: [DONE]\n\n";
+        let out = o2a(&[s.as_bytes()]);
+        let (msg, stopped) = accumulate_anthropic(&out);
+        assert!(stopped);
+        assert_eq!(msg["stop_reason"], "refusal");
+        assert_eq!(String::from_utf8(out).unwrap().matches("message_delta").count(), 2);
+    }
+
+    #[test]
+    fn round_trip_anthropic_openai_anthropic() {
+        for input in [A_TEXT, A_TOOL] {
+            let (want, _) = accumulate_anthropic(input.as_bytes());
+            let openai = a2o(&[input.as_bytes()], true);
+            let back = o2a(&[&openai]);
+            let (got, stopped) = accumulate_anthropic(&back);
+            assert!(stopped);
+            let strip = |m: &Value| -> Value {
+                m["content"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|b| b["type"] != "text" || b["text"] != "")
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(strip(&got), strip(&want));
+            assert_eq!(got["stop_reason"], want["stop_reason"]);
+            assert_eq!(got["usage"]["output_tokens"], want["usage"]["output_tokens"]);
+            assert_eq!(got["usage"]["input_tokens"], want["usage"]["input_tokens"]);
+        }
+    }
+
+    #[test]
+    fn interleaved_tool_deltas_fail_visibly() {
+        let chunk = |i: u32, id: &str, args: &str| {
+            format!(
+                "data: {{\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":{i},{id}\"function\":{{\"name\":\"f\",\"arguments\":\"{args}\"}}}}]}}}}]}}\n\n"
+            )
+        };
+        let s = [chunk(0, "\"id\":\"a\",", "{"), chunk(1, "\"id\":\"b\",", "{"), chunk(0, "", "}")].concat();
+        let out = String::from_utf8(o2a(&[s.as_bytes()])).unwrap();
+        assert!(out.ends_with("\"type\":\"error\"}\n\n"), "{out}");
+        assert_eq!(out.matches("event: content_block_start").count(), 2);
+    }
+
+    #[test]
+    fn garbage_is_tolerated() {
+        let garbage: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut a = AnthropicToOpenAi::new(0, true);
+        let mut o = OpenAiToAnthropic::new(0);
+        let mut out = Vec::new();
+        for c in garbage.chunks(97) {
+            a.on_event(b"content_block_delta", c, &mut out);
+            a.on_event(b"message", c, &mut out);
+            o.on_data(c, &mut out);
+        }
+        assert!(out.is_empty());
+        // Wrong shapes in valid JSON.
+        for d in [
+            &b"{\"type\":\"content_block_delta\",\"index\":\"x\"}"[..],
+            b"{\"type\":\"content_block_start\",\"index\":0,\"content_block\":7}",
+            b"{\"type\":\"content_block_delta\",\"index\":9,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\"}}",
+            b"[1,2]",
+            b"null",
+        ] {
+            a.on_event(b"message", d, &mut out);
+        }
+        for d in [&b"{\"choices\":5}"[..], b"{\"choices\":[{\"delta\":{\"tool_calls\":[{}]}}]}", b"[]", b"1"] {
+            o.on_data(d, &mut out);
+        }
+        // An error event whose data is not JSON still fails the stream.
+        let mut a = AnthropicToOpenAi::new(0, false);
+        let mut out = Vec::new();
+        a.on_event(b"error", b"<html>", &mut out);
+        assert!(a.is_failed());
+        assert_eq!(openai_verdict(&out), StreamVerdict::Error { overloaded: false });
+    }
+
+    #[test]
+    fn events_without_an_event_name_use_the_data_type() {
+        let s = A_TEXT.replace("event: ", ": ");
+        assert_eq!(a2o(&[s.as_bytes()], true), a2o(&[A_TEXT.as_bytes()], true));
     }
 }

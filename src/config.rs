@@ -1001,7 +1001,10 @@ mod tests {
         assert_eq!(gpt.models[1].model_for(Api::AzureOpenAi, ClientApi::OpenAi, "anything"), Some("prod"));
         // Bedrock needs a mapping; Vertex takes an unmapped Claude name as is.
         assert_eq!(claude.models[2].model_for(Api::Bedrock, ClientApi::Anthropic, "claude-haiku-4-5"), None);
-        assert_eq!(claude.models[1].model_for(Api::Vertex, ClientApi::Anthropic, "claude-haiku-4-5"), Some("claude-haiku-4-5"));
+        assert_eq!(
+            claude.models[1].model_for(Api::Vertex, ClientApi::Anthropic, "claude-haiku-4-5"),
+            Some("claude-haiku-4-5")
+        );
         assert_eq!(c.providers[1].vertex, Some(VertexSettings { project: "p-1".into(), region: "us-east5".into() }));
         assert_eq!(claude.on_untranslatable, OnUntranslatable::Refuse);
         assert_eq!(c.default_max_tokens, 4096);
@@ -1014,7 +1017,10 @@ mod tests {
             (r#"{"name":"x","cluster":"c","api":"vertex"}"#, "providers[0].vertex"),
             (r#"{"name":"x","cluster":"c","api":"azure_openai"}"#, "providers[0].azure"),
             (r#"{"name":"x","cluster":"c","azure":{"api_version":"1"}}"#, "providers[0].azure"),
-            (r#"{"name":"x","cluster":"c","api":"vertex","vertex":{"project":"a/b","region":"r"}}"#, "providers[0].vertex.project"),
+            (
+                r#"{"name":"x","cluster":"c","api":"vertex","vertex":{"project":"a/b","region":"r"}}"#,
+                "providers[0].vertex.project",
+            ),
             (r#"{"name":"x","cluster":"c","api":"vertex","vertex":{"project":"p"}}"#, "providers[0].vertex"),
             (r#"{"name":"x","cluster":"c","api":"bedrok"}"#, "providers[0].api"),
             (r#"{"name":"x","cluster":"c","models":{"a":"b/c"}}"#, "providers[0].models.a"),

@@ -273,7 +273,14 @@ mod tests {
         let mut p = crate::sse::SseParser::new();
         p.feed(&r.body, &mut |_, d| m.on_data(d));
         assert_eq!(m.verdict(), StreamVerdict::Complete);
-        let r = degraded_response(&settings(DegradedMode::Error), ClientApi::OpenAi, None, true, DegradedReason::UpstreamFailure, 3);
+        let r = degraded_response(
+            &settings(DegradedMode::Error),
+            ClientApi::OpenAi,
+            None,
+            true,
+            DegradedReason::UpstreamFailure,
+            3,
+        );
         assert_eq!(r.status, 503);
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["error"]["type"], "server_error");

@@ -71,20 +71,25 @@ impl ClientRequest {
 }
 
 /// Builds the request `provider` needs, with `models` the chain entry's model map.
-pub fn rewrite(req: &ClientRequest, provider: &Provider, models: &ModelMap, default_max_tokens: u32) -> Result<Rewrite, Unfit> {
+pub fn rewrite(
+    req: &ClientRequest,
+    provider: &Provider,
+    models: &ModelMap,
+    default_max_tokens: u32,
+) -> Result<Rewrite, Unfit> {
     let client_model = req.model().ok_or(Unfit::BadBody)?;
     let model = models.model_for(provider.api, req.api, client_model).ok_or(Unfit::NoModel)?.to_string();
     let stream = req.stream();
-    let include_usage = req
-        .body
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let include_usage =
+        req.body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
     let opts = RequestOptions { model: &model, default_max_tokens };
     let mut body = match (req.api, provider.api.format()) {
-        (ClientApi::Anthropic, ClientApi::OpenAi) => anthropic_to_openai(&req.body, &opts).map_err(Unfit::Untranslatable)?,
-        (ClientApi::OpenAi, ClientApi::Anthropic) => openai_to_anthropic(&req.body, &opts).map_err(Unfit::Untranslatable)?,
+        (ClientApi::Anthropic, ClientApi::OpenAi) => {
+            anthropic_to_openai(&req.body, &opts).map_err(Unfit::Untranslatable)?
+        }
+        (ClientApi::OpenAi, ClientApi::Anthropic) => {
+            openai_to_anthropic(&req.body, &opts).map_err(Unfit::Untranslatable)?
+        }
         _ => {
             let mut b = req.body.clone();
             if let Some(o) = b.as_object_mut() {
@@ -101,10 +106,18 @@ pub fn rewrite(req: &ClientRequest, provider: &Provider, models: &ModelMap, defa
             if !same_format {
                 add_headers.push(("anthropic-version", ANTHROPIC_API_VERSION));
             }
-            if same_format { req.path.clone() } else { "/v1/messages".to_string() }
+            if same_format {
+                req.path.clone()
+            } else {
+                "/v1/messages".to_string()
+            }
         }
         Api::OpenAi => {
-            if same_format { req.path.clone() } else { "/v1/chat/completions".to_string() }
+            if same_format {
+                req.path.clone()
+            } else {
+                "/v1/chat/completions".to_string()
+            }
         }
         Api::Vertex => {
             vertex::envelope(obj);
@@ -132,7 +145,9 @@ pub fn refusal(api: ClientApi, provider: &str, u: &Untranslatable) -> LocalRespo
         u.field, u.reason
     );
     let body = match api {
-        ClientApi::Anthropic => json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}}),
+        ClientApi::Anthropic => {
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+        }
         ClientApi::OpenAi => json!({"error": {"message": message, "type": "invalid_request_error",
                                                "param": u.field, "code": "untranslatable_for_fallback"}}),
     };
@@ -213,7 +228,7 @@ mod tests {
         req.body["model"] = json!("claude-haiku-4-5");
         assert_eq!(rewrite(&req, &c.providers[2], &c.providers[2].models, 4096), Err(Unfit::NoModel)); // bedrock
         assert_eq!(rewrite(&req, &c.providers[3], &c.providers[3].models, 4096), Err(Unfit::NoModel)); // another vendor
-        // Vertex accepts the client's Claude name as is.
+                                                                                                       // Vertex accepts the client's Claude name as is.
         let r = rewrite(&req, &c.providers[1], &c.providers[1].models, 4096).unwrap();
         assert!(r.path.contains("/models/claude-haiku-4-5:rawPredict"));
     }

@@ -48,18 +48,33 @@ pub struct StreamPipeline {
 impl StreamPipeline {
     /// `event_stream`: the host answered `application/vnd.amazon.eventstream` (Bedrock).
     /// `created_s` and `id_suffix` seed the ids of translated chunks.
-    pub fn new(api: Api, event_stream: bool, client: ClientApi, include_usage: bool, created_s: u64, id_suffix: u64) -> Self {
+    pub fn new(
+        api: Api,
+        event_stream: bool,
+        client: ClientApi,
+        include_usage: bool,
+        created_s: u64,
+        id_suffix: u64,
+    ) -> Self {
         let host = api.format();
         let bedrock = event_stream.then(BedrockStream::new);
         let translator = match (host, client) {
             (ClientApi::Anthropic, ClientApi::OpenAi) => {
                 Translator::AnthropicToOpenAi(AnthropicToOpenAi::new(created_s, include_usage))
             }
-            (ClientApi::OpenAi, ClientApi::Anthropic) => Translator::OpenAiToAnthropic(OpenAiToAnthropic::new(id_suffix)),
+            (ClientApi::OpenAi, ClientApi::Anthropic) => {
+                Translator::OpenAiToAnthropic(OpenAiToAnthropic::new(id_suffix))
+            }
             _ if event_stream => Translator::AnthropicSse,
             _ => Translator::None,
         };
-        StreamPipeline { parser: SseParser::new(), bedrock, monitor: StreamMonitor::new(host), translator, out: Vec::new() }
+        StreamPipeline {
+            parser: SseParser::new(),
+            bedrock,
+            monitor: StreamMonitor::new(host),
+            translator,
+            out: Vec::new(),
+        }
     }
 
     /// True when the client gets other bytes than the host sent.
@@ -67,10 +82,32 @@ impl StreamPipeline {
         !matches!(self.translator, Translator::None)
     }
 
-    /// Feeds one chunk of the host's body. Returns the bytes to send instead of it when the
-    /// pipeline rewrites (possibly empty while an event is unfinished).
-    pub fn feed(&mut self, chunk: &[u8]) -> Option<&[u8]> {
+    /// Feeds one chunk of the host's body (`end`: the last one). Returns the bytes to send
+    /// instead of it when the pipeline rewrites (possibly empty while an event is unfinished).
+    /// A rewritten stream that ends before its terminal event gets an error event at the end,
+    /// so the client's SDK raises instead of returning a silently partial answer.
+    pub fn feed(&mut self, chunk: &[u8], end: bool) -> Option<&[u8]> {
         self.out.clear();
+        self.feed_events(chunk);
+        if end {
+            let StreamPipeline { monitor, translator, out, .. } = self;
+            match translator {
+                Translator::None => {}
+                Translator::AnthropicSse => {
+                    if monitor.verdict() == StreamVerdict::Truncated {
+                        let data =
+                            bedrock_stream::error_json("api_error", "the upstream stream ended before message_stop");
+                        bedrock_stream::write_sse(out, b"error", &data);
+                    }
+                }
+                Translator::AnthropicToOpenAi(t) => t.finish(out),
+                Translator::OpenAiToAnthropic(t) => t.finish(out),
+            }
+        }
+        self.rewrites().then_some(self.out.as_slice())
+    }
+
+    fn feed_events(&mut self, chunk: &[u8]) {
         let StreamPipeline { parser, bedrock, monitor, translator, out } = self;
         let mut on_event = |event: &[u8], data: &[u8]| {
             monitor.on_event(event, data);
@@ -85,7 +122,6 @@ impl StreamPipeline {
             Some(b) => b.feed(chunk, &mut on_event),
             None => parser.feed(chunk, &mut on_event),
         }
-        self.rewrites().then_some(self.out.as_slice())
     }
 
     /// How the stream ended (final once the body has ended).
@@ -137,7 +173,9 @@ fn google_error_to_anthropic(status: u16, body: &[u8]) -> Vec<u8> {
         .and_then(|e| e.get("message"))
         .and_then(Value::as_str)
         .map_or_else(|| format!("Vertex AI answered HTTP {status}"), str::to_string);
-    json!({"type": "error", "error": {"type": bedrock::error_type(status), "message": message}}).to_string().into_bytes()
+    json!({"type": "error", "error": {"type": bedrock::error_type(status), "message": message}})
+        .to_string()
+        .into_bytes()
 }
 
 #[cfg(test)]
@@ -164,8 +202,9 @@ mod tests {
 
     fn run(p: &mut StreamPipeline, bytes: &[u8], piece: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        for c in bytes.chunks(piece) {
-            if let Some(o) = p.feed(c) {
+        let n = bytes.chunks(piece).count();
+        for (i, c) in bytes.chunks(piece).enumerate() {
+            if let Some(o) = p.feed(c, i + 1 == n) {
                 out.extend_from_slice(o);
             }
         }
@@ -175,7 +214,8 @@ mod tests {
     #[test]
     fn bedrock_event_stream_becomes_anthropic_sse_at_any_split() {
         let bytes = bedrock_stream_bytes();
-        let whole = run(&mut StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0), &bytes, bytes.len());
+        let whole =
+            run(&mut StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0), &bytes, bytes.len());
         for piece in [1, 3, 7, 64] {
             let mut p = StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0);
             assert_eq!(run(&mut p, &bytes, piece), whole, "piece {piece}");
@@ -195,8 +235,11 @@ mod tests {
     fn bedrock_cut_mid_frame_is_truncated_and_exceptions_are_errors() {
         let bytes = bedrock_stream_bytes();
         let mut p = StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0);
-        run(&mut p, &bytes[..bytes.len() - 10], 5);
+        let out = String::from_utf8(run(&mut p, &bytes[..bytes.len() - 10], 5)).unwrap();
         assert_eq!(p.verdict(), StreamVerdict::Truncated);
+        // The client sees the cut as an error event, never as a complete stream.
+        assert!(out.ends_with("\n\n") && out.contains("event: error\n"), "{out}");
+        assert!(!out.contains("event: message_stop"));
         let mut bytes = crate::providers::bedrock_stream::encode_chunk_event(ANTHROPIC_EVENTS[0].as_bytes());
         bytes.extend(crate::providers::bedrock_stream::encode_exception("throttlingException", "slow down"));
         let mut p = StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0);
@@ -208,16 +251,19 @@ mod tests {
 
     #[test]
     fn same_format_streams_pass_through_and_are_watched() {
-        let sse: String = ANTHROPIC_EVENTS.iter().map(|e| {
-            let v: Value = serde_json::from_str(e).unwrap();
-            format!("event: {}\ndata: {e}\n\n", v["type"].as_str().unwrap())
-        }).collect();
+        let sse: String = ANTHROPIC_EVENTS
+            .iter()
+            .map(|e| {
+                let v: Value = serde_json::from_str(e).unwrap();
+                format!("event: {}\ndata: {e}\n\n", v["type"].as_str().unwrap())
+            })
+            .collect();
         let mut p = StreamPipeline::new(Api::Anthropic, false, ClientApi::Anthropic, false, 0, 0);
-        assert!(p.feed(sse.as_bytes()).is_none());
+        assert!(p.feed(sse.as_bytes(), true).is_none());
         assert_eq!(p.verdict(), StreamVerdict::Complete);
         // Vertex streams are Anthropic SSE: watched, not rewritten.
         let mut p = StreamPipeline::new(Api::Vertex, false, ClientApi::Anthropic, false, 0, 0);
-        assert!(p.feed(sse.as_bytes()).is_none());
+        assert!(p.feed(sse.as_bytes(), true).is_none());
         assert_eq!(p.verdict(), StreamVerdict::Complete);
     }
 
@@ -227,7 +273,8 @@ mod tests {
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["error"]["type"], "invalid_request_error");
         let g = br#"{"error":{"code":404,"message":"Publisher Model not found","status":"NOT_FOUND"}}"#;
-        let v: Value = serde_json::from_slice(&translate_json(Api::Vertex, ClientApi::Anthropic, 404, g, 0).unwrap()).unwrap();
+        let v: Value =
+            serde_json::from_slice(&translate_json(Api::Vertex, ClientApi::Anthropic, 404, g, 0).unwrap()).unwrap();
         assert_eq!(v["error"], json!({"type": "not_found_error", "message": "Publisher Model not found"}));
         // Anthropic-shaped errors from Vertex, and successes from Anthropic-format hosts, pass.
         let a = br#"{"type":"error","error":{"type":"invalid_request_error","message":"x"}}"#;

@@ -127,7 +127,15 @@ impl Filter {
 
     /// Sends the request to `choice`'s provider: credentials, authority, the routing header and,
     /// for a rewritten request, its path, headers and body.
-    fn route(&mut self, cfg: &Config, chain: &Chain, choice: Choice, headers: &[(String, Vec<u8>)], rw: Option<Rewrite>, body_size: usize) {
+    fn route(
+        &mut self,
+        cfg: &Config,
+        chain: &Chain,
+        choice: Choice,
+        headers: &[(String, Vec<u8>)],
+        rw: Option<Rewrite>,
+        body_size: usize,
+    ) {
         let has = |name: &str| headers.iter().any(|(k, _)| k == name);
         let Some(edits) = plan::request_edits(cfg, chain, choice) else { return };
         let replaced = edits.credential.map(|c| c.header.as_str());
@@ -170,7 +178,8 @@ impl Filter {
     fn walk_with_body(&mut self, cfg: &Config, start: usize, body: &[u8], body_size: usize) -> Action {
         let Some(chain) = self.chain.and_then(|c| cfg.chains.get(c)) else { return Action::Continue };
         let client = chain.client_api;
-        let path = self.held_headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let path =
+            self.held_headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         let req = ClientRequest::parse(client, path.as_deref().unwrap_or("/"), body);
         let now = now_us() / 1000;
         let headers = std::mem::take(&mut self.held_headers);
@@ -493,16 +502,21 @@ impl HttpContext for Filter {
             }
             return Action::Continue;
         }
-        if body_size > 0 && (self.usage.is_some() || self.stream.is_some()) {
-            if self.stream.is_some() && self.first_byte_us.is_none() {
+        if let Some(p) = self.stream.as_mut() {
+            if body_size > 0 && self.first_byte_us.is_none() {
                 self.first_byte_us = Some(now_us());
             }
-            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
-                if let Some(p) = self.stream.as_mut() {
-                    if let Some(out) = p.feed(&chunk) {
-                        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, out);
-                    }
+            let chunk = match body_size {
+                0 => Vec::new(),
+                n => hostcalls::get_buffer(BufferType::HttpResponseBody, 0, n).ok().flatten().unwrap_or_default(),
+            };
+            if let Some(out) = p.feed(&chunk, end_of_stream) {
+                if body_size > 0 || !out.is_empty() {
+                    let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, out);
                 }
+            }
+        } else if body_size > 0 && self.usage.is_some() {
+            if let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
                 if let Some(u) = self.usage.as_mut() {
                     u.feed(&chunk);
                 }

@@ -57,7 +57,10 @@ mod tests {
     // InvokeModel API reference (model ids such as `us.anthropic.claude-opus-4-6-v1:0`).
     #[test]
     fn path_encodes_the_model_id_and_picks_the_action() {
-        assert_eq!(path("us.anthropic.claude-opus-4-6-v1:0", false), "/model/us.anthropic.claude-opus-4-6-v1%3A0/invoke");
+        assert_eq!(
+            path("us.anthropic.claude-opus-4-6-v1:0", false),
+            "/model/us.anthropic.claude-opus-4-6-v1%3A0/invoke"
+        );
         assert_eq!(
             path("anthropic.claude-3-haiku-20240307-v1:0", true),
             "/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke-with-response-stream"
@@ -68,7 +71,8 @@ mod tests {
 
     #[test]
     fn body_loses_model_and_stream_and_gains_the_version() {
-        let mut b = json!({"model": "m", "stream": true, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+        let mut b =
+            json!({"model": "m", "stream": true, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
         envelope(b.as_object_mut().unwrap());
         assert_eq!(
             b,
@@ -78,8 +82,12 @@ mod tests {
 
     #[test]
     fn errors_read_as_anthropic_errors() {
-        let v: Value = serde_json::from_slice(&error_to_anthropic(400, br#"{"message":"Malformed input request"}"#)).unwrap();
-        assert_eq!(v, json!({"type": "error", "error": {"type": "invalid_request_error", "message": "Malformed input request"}}));
+        let v: Value =
+            serde_json::from_slice(&error_to_anthropic(400, br#"{"message":"Malformed input request"}"#)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": "Malformed input request"}})
+        );
         let v: Value = serde_json::from_slice(&error_to_anthropic(403, b"<html>")).unwrap();
         assert_eq!(v["error"]["type"], "permission_error");
     }

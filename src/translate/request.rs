@@ -9,7 +9,7 @@
 //!   `image` (`base64` source -> `data:<media_type>;base64,...` `image_url`; `url` source ->
 //!   `image_url.url`), assistant `tool_use` -> `tool_calls` (arguments = JSON text of `input`),
 //!   user `tool_result` -> `role: tool` messages placed before the rest of that turn (content:
-//!   string, or text blocks concatenated); `tools` (`name`, `description`, `input_schema` ->
+//!   string, or text blocks concatenated; `is_error: true` prefixes it with `[tool error] `); `tools` (`name`, `description`, `input_schema` ->
 //!   `function.parameters`, `strict` -> `function.strict`); `tool_choice` auto/any/tool/none ->
 //!   `"auto"`/`"required"`/`{type:function,...}`/`"none"`, `disable_parallel_tool_use: true` ->
 //!   `parallel_tool_calls: false`; `stop_sequences` -> `stop` (at most 4); `max_tokens` ->
@@ -18,7 +18,7 @@
 //! - Refused: `top_k`; `thinking` other than `{type: disabled}`; `document` blocks (PDF and
 //!   text files), `thinking`/`redacted_thinking` blocks and every other block type;
 //!   image sources other than base64/url (e.g. Files API `file`); images or documents inside
-//!   `tool_result`; `tool_result.is_error: true`; `tool_result` after other blocks of a turn;
+//!   `tool_result`; `tool_result` after other blocks of a turn;
 //!   text `citations`; server tools (`tools[].type` other than `custom`); a final assistant
 //!   message (prefill: OpenAI would answer it, not continue it); more than 4 `stop_sequences`;
 //!   `metadata` keys other than `user_id`; roles other than user/assistant; unknown fields.
@@ -71,6 +71,9 @@ type Res<T> = Result<T, Untranslatable>;
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> Untranslatable {
     Untranslatable::new(field, reason)
 }
+
+/// How a `tool_result` with `is_error: true` reads in an OpenAI tool message.
+pub const TOOL_ERROR_PREFIX: &str = "[tool error] ";
 
 /// At most this many stop sequences in an OpenAI request.
 const OPENAI_MAX_STOP: usize = 4;
@@ -325,13 +328,12 @@ fn a2o_user(content: &Value, path: &str, out: &mut Vec<Value>) -> Res<()> {
 fn a2o_tool_result(b: &Value, path: &str) -> Res<Value> {
     only_keys(b, path, &["tool_use_id", "content", "is_error", "cache_control"])?;
     let id = str_field(b, "tool_use_id", path)?;
-    match b.get("is_error") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(_) => {
-            return Err(bad(format!("{path}.is_error"), "OpenAI tool messages cannot mark a tool result as an error"))
-        }
-    }
-    let text = match b.get("content") {
+    let is_error = match b.get("is_error") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(bad(format!("{path}.is_error"), "must be a boolean")),
+    };
+    let mut text = match b.get("content") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(blocks)) => {
@@ -352,6 +354,10 @@ fn a2o_tool_result(b: &Value, path: &str) -> Res<Value> {
         }
         Some(_) => return Err(bad(format!("{path}.content"), "must be a string or an array of blocks")),
     };
+    // OpenAI tool messages have no error flag: the model is told in the content itself.
+    if is_error {
+        text.insert_str(0, TOOL_ERROR_PREFIX);
+    }
     Ok(json!({"role": "tool", "tool_call_id": id, "content": text}))
 }
 
@@ -969,6 +975,20 @@ mod tests {
 
     fn cases(s: &str) -> Vec<Value> {
         serde_json::from_str::<Value>(s).unwrap().as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn failed_tool_results_say_so_in_the_tool_message() {
+        let body = json!({"model": "m", "max_tokens": 10, "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "is_error": true,
+                                          "content": "city not found"}]}]});
+        let got = anthropic_to_openai(&body, &TO_OPENAI).unwrap();
+        assert_eq!(
+            got["messages"][2],
+            json!({"role": "tool", "tool_call_id": "toolu_1", "content": "[tool error] city not found"})
+        );
     }
 
     #[test]

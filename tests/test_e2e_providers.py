@@ -392,3 +392,57 @@ def test_host_errors_reach_the_client_in_its_own_format(hosts):
     assert e.value.response.headers["x-llm-provider"] == "anthropic"
     err = e.value.response.json()["error"]
     assert err["type"] == "invalid_request_error" and err["message"]
+
+
+def raw_post(url: str, body: bytes, split_after_headers: float | None) -> tuple[int, dict, bytes]:
+    """POSTs /v1/messages over a raw socket; with `split_after_headers`, the body follows the
+    headers after that many seconds (so Envoy sees them apart)."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    head = (f"POST /v1/messages HTTP/1.1\r\nhost: {u.hostname}\r\ncontent-type: application/json\r\n"
+            f"anthropic-version: 2023-06-01\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
+    with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+        if split_after_headers is None:
+            sock.sendall(head + body)
+        else:
+            sock.sendall(head)
+            import select
+            # Send the body late, unless the answer came first (then Envoy closes the connection).
+            if not select.select([sock], [], [], split_after_headers)[0]:
+                sock.sendall(body)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    head_raw, _, rest = data.partition(b"\r\n\r\n")
+    lines = head_raw.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, rest
+
+
+def test_rewritten_failover_without_allow_on_headers_stop_iteration_never_hangs():
+    # Istio's WasmPlugin cannot set the flag; Envoy then keeps a held request's body from the
+    # filter, so a request that must be rewritten for its host cannot be. It is answered with
+    # the degraded 503 error form (retryable, Retry-After) within ~250 ms: never a hang.
+    cfg = filter_config()
+    with Stack(cfg, providers=(), env=KEYS, mocks=MOCKS, allow_stop_iteration=False) as s:
+        body = json.dumps({"model": CLAUDE, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        s.fault("anthropic", "503")
+        status, headers, _ = raw_post(s.url, body, None)
+        assert headers["x-llm-degraded-reason"] == "upstream_failure"
+        for split in (None, 0.5):
+            t0 = time.monotonic()
+            status, headers, answer = raw_post(s.url, body, split)
+            if status == 200:  # the body reached the filter with the headers: served
+                assert headers["x-llm-provider"] == "vertex", (status, headers, answer)
+            else:
+                assert status == 503, (status, headers, answer)
+                assert headers["x-llm-degraded"] == "true" and headers["retry-after"]
+                assert json.loads(answer)["error"]["type"] == "overloaded_error"
+            assert time.monotonic() - t0 < 1.0 + (split or 0)
+        assert len(s.received("anthropic")) == 1
+        assert s.wasm_failures() == []

@@ -104,8 +104,9 @@ bench-peers: build tools wrk
 	cargo build --release -p bench-upstream
 	$(PY) bench/peers.py $(BENCH_ARGS)
 
+## bench-micro: criterion micro-benchmarks of the core (native), into bench/RESULTS.md's micro section
 bench-micro:
-	cargo bench --bench core -- --noplot
+	python3 bench/run.py --micro
 
 wrk:
 	@command -v wrk >/dev/null || { \

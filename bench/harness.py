@@ -85,18 +85,29 @@ class Proc:
 
 @dataclass
 class Upstreams:
-    """Two bench upstreams: one healthy, one answering 529."""
+    """Bench upstreams: one healthy, one answering 529 (both Anthropic Messages), and with
+    `translated`, healthy ones speaking OpenAI Chat Completions and Bedrock (event-stream)."""
 
     tmp: Path
     healthy_port: int = 0
     failing_port: int = 0
+    translated: bool = False
+    api_ports: dict = field(default_factory=dict)  # api -> port of a healthy upstream of that api
     procs: list = field(default_factory=list)
 
     def start(self) -> "Upstreams":
         self.healthy_port, self.failing_port = free_port(), free_port()
-        for port, status in ((self.healthy_port, 200), (self.failing_port, 529)):
-            self.procs.append(Proc(pinned(LOAD_CPU, [str(UPSTREAM), "--port", str(port), "--status", str(status)]),
-                                   self.tmp / f"upstream-{port}.log"))
+        runs = [(self.healthy_port, 200, "anthropic"), (self.failing_port, 529, "anthropic")]
+        self.api_ports = {"anthropic": self.healthy_port, "vertex": self.healthy_port}
+        if self.translated:
+            for api in ("openai", "bedrock"):
+                self.api_ports[api] = free_port()
+                runs.append((self.api_ports[api], 200, api))
+        for port, status, api in runs:
+            argv = [str(UPSTREAM), "--port", str(port), "--status", str(status)]
+            if api != "anthropic":
+                argv += ["--api", api]
+            self.procs.append(Proc(pinned(LOAD_CPU, argv), self.tmp / f"upstream-{port}.log"))
             wait_port(port)
         return self
 
@@ -105,13 +116,31 @@ class Upstreams:
             p.stop()
 
 
-def bench_filter_config(with_filter_creds: bool = True) -> dict:
+# The fallback provider of the translation scenarios, per API (`make bench`'s vertex, bedrock and
+# openai rows): the model each host is asked for, and its settings.
+TRANSLATED_FALLBACKS = {
+    "vertex": {"api": "vertex", "vertex": {"project": "bench-project", "region": "us-east5"},
+               "models": {"claude-opus-4-6": "claude-opus-4-6@20260201"},
+               "credential": {"header": "authorization", "prefix": "Bearer ", "value": "ya29.bench-vertex-token"}},
+    "bedrock": {"api": "bedrock", "models": {"claude-opus-4-6": "us.anthropic.claude-opus-4-6-v1:0"},
+                "credential": {"header": "authorization", "prefix": "Bearer ", "value": "ABSKbench-bedrock-key"}},
+    "openai": {"api": "openai", "models": {"claude-opus-4-6": "gpt-4o"},
+               "credential": {"header": "authorization", "prefix": "Bearer ", "value": "sk-proj-bench-openai"}},
+}
+
+
+def bench_filter_config(with_filter_creds: bool = True, fallback_api: str | None = None) -> dict:
+    """The filter's config; `fallback_api` (a TRANSLATED_FALLBACKS key) makes the fallback a host
+    of that API, to which requests are rewritten."""
+    fallback = {"name": "fallback", "cluster": "fallback", "api": "anthropic", "authority": "fallback.example.com",
+                "credential": {"header": "x-api-key", "value": "sk-ant-fallback-bench"}}
+    if fallback_api:
+        fallback.update(TRANSLATED_FALLBACKS[fallback_api])
     return {
         "providers": [
             {"name": "primary", "cluster": "primary", "api": "anthropic", "authority": "api.anthropic.com",
              "credential": {"header": "x-api-key", "value": "sk-ant-primary-bench"}},
-            {"name": "fallback", "cluster": "fallback", "api": "anthropic", "authority": "fallback.example.com",
-             "credential": {"header": "x-api-key", "value": "sk-ant-fallback-bench"}},
+            fallback,
         ],
         "chains": [{"name": "messages", "match": {"path_prefix": "/v1/messages"}, "providers": ["primary", "fallback"]}],
         # Opens after 3 failures and stays open for the whole run (no probes in the measurement).
@@ -121,9 +150,12 @@ def bench_filter_config(with_filter_creds: bool = True) -> dict:
 
 
 def envoy_config(listen: int, admin: int, primary_port: int, fallback_port: int, with_filter: bool,
-                 module: Path = WASM) -> dict:
+                 module: Path = WASM, fallback_api: str | None = None) -> dict:
     """A listener with one route to the upstream. Without the filter (or with the empty noop
-    module) the route names the cluster; with llm-failover it reads the filter's routing header."""
+    module) the route names the cluster; with llm-failover it reads the filter's routing header.
+    With `fallback_api` (the translation scenarios) the fallback is a host of that API and the
+    route matches on the routing header's presence, whatever path the filter rewrote to (as
+    envoy/demo.yaml's first route)."""
     def cluster(name: str, port: int) -> dict:
         return {
             "name": name, "type": "STATIC", "connect_timeout": "1s",
@@ -132,6 +164,9 @@ def envoy_config(listen: int, admin: int, primary_port: int, fallback_port: int,
         }
 
     route = {"timeout": "30s"}
+    match = {"prefix": "/v1/messages"}
+    if fallback_api:
+        match = {"prefix": "/", "headers": [{"name": "x-llm-failover-cluster", "present_match": True}]}
     http_filters = []
     if with_filter and module == WASM:
         route["cluster_header"] = "x-llm-failover-cluster"
@@ -148,7 +183,7 @@ def envoy_config(listen: int, admin: int, primary_port: int, fallback_port: int,
                     "vm_config": {"vm_id": "llm-failover", "runtime": "envoy.wasm.runtime.v8",
                                   "code": {"local": {"filename": str(module)}}},
                     "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                      "value": json.dumps(bench_filter_config())},
+                                      "value": json.dumps(bench_filter_config(fallback_api=fallback_api))},
                 },
             },
         })
@@ -165,7 +200,7 @@ def envoy_config(listen: int, admin: int, primary_port: int, fallback_port: int,
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "bench", "codec_type": "AUTO",
                         "route_config": {"name": "r", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": [
-                            {"match": {"prefix": "/v1/messages"}, "route": route}]}]},
+                            {"match": match, "route": route}]}]},
                         "http_filters": http_filters,
                     },
                 }]}],
@@ -214,8 +249,9 @@ class EnvoyUnderTest:
         self.proc.stop()
 
 
-def post(url: str, stream: bool = False, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    body = {"model": "claude-opus-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+def post(url: str, stream: bool = False, headers: dict | None = None,
+         body: dict | None = None) -> tuple[int, dict, bytes]:
+    body = dict(body or {"model": "claude-opus-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]})
     if stream:
         body["stream"] = True
     req = urllib.request.Request(url, data=json.dumps(body).encode(),

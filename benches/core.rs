@@ -222,7 +222,8 @@ fn request_translation(c: &mut Criterion) {
         g.bench_function(format!("parse Anthropic body, {kb} KB"), |b| {
             b.iter(|| ClientRequest::parse(config::ClientApi::Anthropic, "/v1/messages", black_box(&anthropic)))
         });
-        for (name, pos) in [("Vertex envelope", 1usize), ("Bedrock envelope", 2), ("translate Anthropic -> OpenAI", 3)] {
+        for (name, pos) in [("Vertex envelope", 1usize), ("Bedrock envelope", 2), ("translate Anthropic -> OpenAI", 3)]
+        {
             let provider = &cfg.providers[claude.providers[pos]];
             let models = &claude.models[pos];
             rewrite(&parsed, provider, models, 4096).unwrap();
@@ -255,13 +256,19 @@ fn answer_translation(c: &mut Criterion) {
     g.finish();
 }
 
-/// A streamed answer through [`StreamPipeline`], fed one upstream write (one event) at a time,
-/// as the filter sees the bench upstream's 50-event streams.
+/// A streamed answer through [`StreamPipeline`], fed one upstream write (one event) at a time
+/// and then the end of the body, as the filter sees the bench upstream's 50-event streams.
 fn stream_translation(c: &mut Criterion) {
     use config::{Api, ClientApi};
     let mut g = c.benchmark_group("stream_pipeline");
     let cases = [
-        ("Anthropic SSE passthrough (monitor only)", Api::Anthropic, false, ClientApi::Anthropic, answers::anthropic_sse()),
+        (
+            "Anthropic SSE passthrough (monitor only)",
+            Api::Anthropic,
+            false,
+            ClientApi::Anthropic,
+            answers::anthropic_sse(),
+        ),
         ("Bedrock event-stream -> Anthropic SSE", Api::Bedrock, true, ClientApi::Anthropic, answers::bedrock_frames()),
         ("OpenAI SSE -> Anthropic SSE", Api::OpenAi, false, ClientApi::Anthropic, answers::openai_sse()),
         ("Anthropic SSE -> OpenAI SSE", Api::Anthropic, false, ClientApi::OpenAi, answers::anthropic_sse()),
@@ -271,8 +278,10 @@ fn stream_translation(c: &mut Criterion) {
             let mut p = StreamPipeline::new(api, event_stream, client, true, NOW / 1000, 7);
             let mut out = 0usize;
             for chunk in chunks {
-                out += p.feed(chunk).map_or(0, <[u8]>::len);
+                out += p.feed(chunk, false).map_or(0, <[u8]>::len);
             }
+            // The end of the body (HTTP/1.1 chunked: the last chunk, empty, ends the stream).
+            out += p.feed(&[], true).map_or(0, <[u8]>::len);
             (p.verdict(), out)
         };
         let (verdict, out) = run(&chunks);

@@ -41,15 +41,18 @@ struct Answer {
 
 impl Answer {
     fn whole(status: &str, content_type: &str, extra: &str, body: Vec<u8>) -> Answer {
-        let head =
-            format!("HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n{extra}content-length: {}\r\n\r\n", body.len())
-                .into_bytes();
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n{extra}content-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
         let whole = [head.as_slice(), body.as_slice()].concat();
         Answer { head, body_bytes: body.len(), writes: vec![body], whole: Some(whole) }
     }
 
     fn chunked(content_type: &str, extra: &str, events: Vec<Vec<u8>>) -> Answer {
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{extra}transfer-encoding: chunked\r\n\r\n");
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n{extra}transfer-encoding: chunked\r\n\r\n");
         let body_bytes = events.iter().map(Vec::len).sum();
         let mut writes: Vec<Vec<u8>> = events
             .into_iter()
@@ -82,10 +85,19 @@ impl Answers {
             ),
             ApiMode::OpenAi => (
                 Answer::whole("200 OK", "application/json", "x-request-id: req_bench\r\n", answers::openai_json()),
-                Answer::chunked("text/event-stream; charset=utf-8", "x-request-id: req_bench\r\n", answers::openai_sse()),
+                Answer::chunked(
+                    "text/event-stream; charset=utf-8",
+                    "x-request-id: req_bench\r\n",
+                    answers::openai_sse(),
+                ),
             ),
             ApiMode::Bedrock => (
-                Answer::whole("200 OK", "application/json", "x-amzn-requestid: req-bench\r\n", answers::anthropic_json()),
+                Answer::whole(
+                    "200 OK",
+                    "application/json",
+                    "x-amzn-requestid: req-bench\r\n",
+                    answers::anthropic_json(),
+                ),
                 Answer::chunked(
                     "application/vnd.amazon.eventstream",
                     "x-amzn-requestid: req-bench\r\nx-amzn-bedrock-content-type: application/json\r\n",
@@ -97,7 +109,8 @@ impl Answers {
             let err = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#.to_vec();
             Answer::whole(&format!("{status} Overloaded"), "application/json", "", err)
         });
-        let not_found = Answer::whole("404 Not Found", "application/json", "", br#"{"message":"no such path"}"#.to_vec());
+        let not_found =
+            Answer::whole("404 Not Found", "application/json", "", br#"{"message":"no such path"}"#.to_vec());
         Answers { api, json, stream, error, not_found }
     }
 
@@ -203,7 +216,9 @@ fn serve(stream: TcpStream, answers: &Answers) -> std::io::Result<()> {
                 if echo {
                     let mut head = answer.head.clone();
                     head.truncate(head.len() - 2);
-                    head.extend_from_slice(format!("x-bench-path: {path}\r\nx-bench-body: {}\r\n\r\n", hex(&body)).as_bytes());
+                    head.extend_from_slice(
+                        format!("x-bench-path: {path}\r\nx-bench-body: {}\r\n\r\n", hex(&body)).as_bytes(),
+                    );
                     out.write_all(&head)?;
                 } else {
                     out.write_all(&answer.head)?;

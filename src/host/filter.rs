@@ -199,7 +199,7 @@ impl Filter {
                         // Refuse only when this provider would serve (else it is skipped anyway).
                         if !matches!(shared::peek(&provider.state_key, now, &cfg.breaker), Peek::Reject(_)) {
                             metrics::counter(telemetry::untranslatable(&provider.name), 1);
-                            log::info!("request refused for provider {}: `{}`: {}", provider.name, u.field, u.reason);
+                            log::debug!("request refused for provider {}: `{}`: {}", provider.name, u.field, u.reason);
                             self.local_reply = true;
                             send(&refusal(client, &provider.name, &u));
                             return Action::Pause;

@@ -122,11 +122,9 @@ pub fn openai_sse(notice: &str, model: &str, id: &str) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// A Chat Completions error body (type `server_error`, code `overloaded`).
+/// A Chat Completions error body (type `server_error`, code `server_is_overloaded`).
 pub fn openai_error(notice: &str) -> Vec<u8> {
-    json!({"error": {"message": notice, "type": "server_error", "param": null, "code": "overloaded"}})
-        .to_string()
-        .into_bytes()
+    crate::translate::response::openai_error_body("overloaded_error", 503, notice)
 }
 
 fn anthropic_usage() -> serde_json::Value {
@@ -187,7 +185,7 @@ pub fn anthropic_sse(notice: &str, model: &str, id: &str) -> Vec<u8> {
 
 /// A Messages API error body (`overloaded_error`, which SDKs treat as retryable).
 pub fn anthropic_error(notice: &str) -> Vec<u8> {
-    json!({"type": "error", "error": {"type": "overloaded_error", "message": notice}}).to_string().into_bytes()
+    crate::translate::response::anthropic_error_body("overloaded_error", notice)
 }
 
 #[cfg(test)]

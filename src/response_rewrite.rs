@@ -18,7 +18,7 @@ use crate::providers::StreamMonitor;
 use crate::sse::SseParser;
 use crate::translate::response;
 use crate::translate::stream::{AnthropicToOpenAi, OpenAiToAnthropic};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Does the answer of a host of `api` to a client of `client` need rewriting at all?
 pub fn rewrites(api: Api, client: ClientApi) -> bool {
@@ -173,15 +173,14 @@ fn google_error_to_anthropic(status: u16, body: &[u8]) -> Vec<u8> {
         .and_then(|e| e.get("message"))
         .and_then(Value::as_str)
         .map_or_else(|| format!("Vertex AI answered HTTP {status}"), str::to_string);
-    json!({"type": "error", "error": {"type": bedrock::error_type(status), "message": message}})
-        .to_string()
-        .into_bytes()
+    response::anthropic_error_body(response::anthropic_type_for_status(status), &message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::eventstream;
+    use serde_json::json;
 
     const ANTHROPIC_EVENTS: [&str; 6] = [
         r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-opus-4-6","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,

@@ -10,7 +10,8 @@
 //! Reference: https://docs.anthropic.com/en/api/claude-on-amazon-bedrock and
 //! https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_InvokeModel.html
 
-use serde_json::{json, Map, Value};
+use crate::translate::response::{anthropic_error_body, anthropic_type_for_status};
+use serde_json::{Map, Value};
 
 pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
@@ -27,31 +28,19 @@ pub fn envelope(body: &mut Map<String, Value>) {
     body.insert("anthropic_version".into(), Value::from(ANTHROPIC_VERSION));
 }
 
-/// The Anthropic error type for a Bedrock HTTP error status.
-pub fn error_type(status: u16) -> &'static str {
-    match status {
-        400 | 413 | 422 | 424 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
-    }
-}
-
 /// A Bedrock error body (`{"message": ...}`) as an Anthropic error body.
 pub fn error_to_anthropic(status: u16, body: &[u8]) -> Vec<u8> {
     let message = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("message").or_else(|| v.get("Message")).and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| format!("Bedrock answered HTTP {status}"));
-    json!({"type": "error", "error": {"type": error_type(status), "message": message}}).to_string().into_bytes()
+    anthropic_error_body(anthropic_type_for_status(status), &message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     // Shapes from https://docs.anthropic.com/en/api/claude-on-amazon-bedrock and the
     // InvokeModel API reference (model ids such as `us.anthropic.claude-opus-4-6-v1:0`).

@@ -446,3 +446,26 @@ def test_rewritten_failover_without_allow_on_headers_stop_iteration_never_hangs(
             assert time.monotonic() - t0 < 1.0 + (split or 0)
         assert len(s.received("anthropic")) == 1
         assert s.wasm_failures() == []
+
+
+@pytest.mark.parametrize("host", ["bedrock", "vertex"])
+def test_openai_client_on_claude_hosts_composes_translation_and_envelope(host):
+    # An OpenAI client whose fallback is Claude on Bedrock or Vertex: the request is translated
+    # to Anthropic Messages and put in the host's envelope; the answer (Bedrock: event-stream)
+    # comes back as OpenAI chunks.
+    cfg = filter_config()
+    cfg["chains"][1]["providers"] = ["openai", {"provider": host, "models": {GPT: {
+        "bedrock": "us.anthropic.claude-opus-4-6-v1:0", "vertex": "claude-opus-4-6@20260201"}[host]}}]
+    with Stack(cfg, providers=(), env=KEYS, mocks=MOCKS) as s:
+        c = openai_client(s)
+        ask = lambda: c.chat.completions.create(model=GPT, messages=[{"role": "user", "content": "hi"}])  # noqa: E731
+        take_down(s, "openai", ask)
+        done = ask()
+        assert done.choices[0].message.content == f"Hello from {host}"
+        assert done.usage.completion_tokens == 5
+        chunks = list(c.chat.completions.create(model=GPT, stream=True, stream_options={"include_usage": True},
+                                                messages=[{"role": "user", "content": "hi"}]))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == f"Hello from {host}"
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["stop"]
+        assert chunks[-1].usage.prompt_tokens == 12
+        assert_credentials_stay_home(s)

@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 export ENVOY
 
-.PHONY: chaos oci push build test test-unit test-e2e test-matrix run lint fmt tools envoy clean bench bench-micro bench-peers wrk
+.PHONY: chaos oci push build test test-unit test-e2e test-matrix run run-hosts lint fmt tools envoy clean bench bench-micro bench-peers wrk
 
 $(TOOLS)/.wasm-target:
 	@mkdir -p $(TOOLS)
@@ -80,6 +80,10 @@ chaos: build tools wrk
 ## run: build and start the local demo (mocks on :18101/:18102, Envoy on :10000, admin :9901)
 run: build tools
 	@PY=$(PY) ENVOY=$(ENVOY) scripts/demo.sh
+
+## run-hosts: the demo with a mock of every kind of host (Anthropic, Vertex, Bedrock, OpenAI, Azure)
+run-hosts: build tools
+	@PY=$(PY) ENVOY=$(ENVOY) scripts/demo.sh hosts
 
 ## lint: clippy for the native core and the Wasm module; unwrap/expect/panic denied outside tests
 lint: $(TOOLS)/.wasm-target

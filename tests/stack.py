@@ -24,6 +24,7 @@ from mock_provider import start_mock
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "llm_failover.wasm"
 DEMO = ROOT / "envoy" / "demo.yaml"
+DEMO_HOSTS = ROOT / "envoy" / "demo-hosts.yaml"
 
 MESSAGE_BODY = {"model": "claude-opus-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -41,9 +42,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def demo_filter_config() -> dict:
-    """The filter configuration of envoy/demo.yaml, as a dict."""
-    return json.loads(_wasm_filter(yaml.safe_load(DEMO.read_text()))["typed_config"]["config"]["configuration"]["value"])
+def demo_filter_config(base: Path = DEMO) -> dict:
+    """The filter configuration of envoy/demo.yaml (or another demo config), as a dict."""
+    return json.loads(_wasm_filter(yaml.safe_load(base.read_text()))["typed_config"]["config"]["configuration"]["value"])
+
+
+def demo_env(base: Path = DEMO) -> dict[str, str]:
+    """The Wasm VM's environment variables (demo credentials) of a demo config."""
+    vm = _wasm_filter(yaml.safe_load(base.read_text()))["typed_config"]["config"]["vm_config"]
+    return dict(vm["environment_variables"]["key_values"])
 
 
 def _wasm_filter(cfg: dict) -> dict:
@@ -65,8 +72,9 @@ def build_envoy_config(
     route_timeout: str = "5s",
     idle_timeout: str = "3s",
     allow_stop_iteration: bool = True,
+    base: Path = DEMO,
 ) -> dict:
-    cfg = yaml.safe_load(DEMO.read_text())
+    cfg = yaml.safe_load(base.read_text())
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
     cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listen_port
     wasm = _wasm_filter(cfg)["typed_config"]["config"]

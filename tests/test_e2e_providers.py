@@ -20,18 +20,13 @@ import openai
 import pytest
 import requests
 
-from stack import Stack, sse_events
+from stack import DEMO_HOSTS, Stack, demo_env, demo_filter_config, sse_events
 
 CLAUDE = "claude-opus-4-6"
 GPT = "gpt-4o"
 
-KEYS = {
-    "ANTHROPIC_API_KEY": "sk-ant-server-key-0001",
-    "VERTEX_ACCESS_TOKEN": "ya29.vertex-token-0002",
-    "BEDROCK_API_KEY": "bedrock-api-key-0003",
-    "OPENAI_API_KEY": "sk-openai-server-key-0004",
-    "AZURE_OPENAI_KEY": "azure-key-0005",
-}
+# The demo's credentials (envoy/demo-hosts.yaml), one per host.
+KEYS = demo_env(DEMO_HOSTS)
 CLIENT_KEY = "sk-client-own-key-9999"
 
 # Which env var each host's credential comes from, and the header it travels in.
@@ -43,6 +38,7 @@ CREDENTIALS = {
     "azure": ("api-key", "", "AZURE_OPENAI_KEY"),
 }
 
+# The mock hosts as scripts/demo.sh starts them for `make run-hosts`.
 MOCKS = {
     "anthropic": ("anthropic", {}),
     "vertex": ("vertex", {"project": "demo-project", "region": "us-east5"}),
@@ -53,51 +49,22 @@ MOCKS = {
 
 
 def filter_config(**chain_overrides) -> dict:
-    def cred(name):
-        header, prefix, env = CREDENTIALS[name]
-        c = {"header": header, "env": env}
-        if prefix:
-            c["prefix"] = prefix
-        return c
-
-    claude_chain = {"name": "claude", "match": {"path_prefix": "/v1/messages"},
-                    "providers": ["anthropic", "vertex", "bedrock", "openai"]}
-    claude_chain.update(chain_overrides)
-    return {
-        "providers": [
-            {"name": "anthropic", "cluster": "anthropic", "api": "anthropic", "credential": cred("anthropic")},
-            {"name": "vertex", "cluster": "vertex", "api": "vertex", "credential": cred("vertex"),
-             "vertex": {"project": "demo-project", "region": "us-east5"},
-             "models": {CLAUDE: "claude-opus-4-6@20260201"}},
-            {"name": "bedrock", "cluster": "bedrock", "api": "bedrock", "credential": cred("bedrock"),
-             "models": {CLAUDE: "us.anthropic.claude-opus-4-6-v1:0"}},
-            {"name": "openai", "cluster": "openai", "api": "openai", "credential": cred("openai")},
-            {"name": "azure", "cluster": "azure", "api": "azure_openai", "credential": cred("azure"),
-             "azure": {"api_version": "2024-10-21"}, "models": {GPT: "gpt4o-prod"}},
-        ],
-        "chains": [
-            claude_chain,
-            {"name": "gpt", "match": {"path_prefix": "/v1/chat/completions"},
-             "providers": ["openai", "azure", {"provider": "anthropic", "models": {GPT: CLAUDE}}]},
-        ],
-        # A failure opens a breaker at once, for a minute: each test walks the chain by
-        # failing one host after the other.
-        "breaker": {"window_ms": 10000, "buckets": 10, "min_requests": 100, "consecutive_failures": 1,
-                    "open_ms": 60000, "max_open_ms": 60000, "jitter": 0.0},
-    }
-
-
-def with_claude_openai_mapping(cfg: dict) -> dict:
-    """The claude chain's OpenAI entry maps Claude to GPT (per chain, over the provider's map)."""
-    chain = cfg["chains"][0]
-    chain["providers"] = [p if p != "openai" else {"provider": "openai", "models": {CLAUDE: GPT}}
-                          for p in chain["providers"]]
+    """envoy/demo-hosts.yaml's filter config, with a breaker that opens at the first failure
+    and stays open for a minute: each test walks the chain by failing one host after another."""
+    cfg = demo_filter_config(DEMO_HOSTS)
+    cfg["chains"][0].update(chain_overrides)
+    cfg["breaker"] = {"window_ms": 10000, "buckets": 10, "min_requests": 100, "consecutive_failures": 1,
+                      "open_ms": 60000, "max_open_ms": 60000, "jitter": 0.0}
     return cfg
+
+
+def hosts_stack(cfg: dict, **kw) -> Stack:
+    return Stack(cfg, providers=(), env=KEYS, mocks=MOCKS, base=DEMO_HOSTS, **kw)
 
 
 @pytest.fixture
 def hosts():
-    with Stack(with_claude_openai_mapping(filter_config()), providers=(), env=KEYS, mocks=MOCKS) as s:
+    with hosts_stack(filter_config()) as s:
         yield s
 
 
@@ -288,8 +255,7 @@ def test_untranslatable_request_is_refused_in_the_clients_format(hosts):
 
 
 def test_untranslatable_request_skips_the_provider_when_configured():
-    cfg = with_claude_openai_mapping(filter_config(on_untranslatable="skip"))
-    with Stack(cfg, providers=(), env=KEYS, mocks=MOCKS) as s:
+    with hosts_stack(filter_config(on_untranslatable="skip")) as s:
         c = anthropic_client(s)
         for name in ("anthropic", "vertex", "bedrock"):
             take_down(s, name, lambda: claude_ask(c))
@@ -428,8 +394,7 @@ def test_rewritten_failover_without_allow_on_headers_stop_iteration_never_hangs(
     # Istio's WasmPlugin cannot set the flag; Envoy then keeps a held request's body from the
     # filter, so a request that must be rewritten for its host cannot be. It is answered with
     # the degraded 503 error form (retryable, Retry-After) within ~250 ms: never a hang.
-    cfg = filter_config()
-    with Stack(cfg, providers=(), env=KEYS, mocks=MOCKS, allow_stop_iteration=False) as s:
+    with hosts_stack(filter_config(), allow_stop_iteration=False) as s:
         body = json.dumps({"model": CLAUDE, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}).encode()
         s.fault("anthropic", "503")
         status, headers, _ = raw_post(s.url, body, None)
@@ -456,7 +421,7 @@ def test_openai_client_on_claude_hosts_composes_translation_and_envelope(host):
     cfg = filter_config()
     cfg["chains"][1]["providers"] = ["openai", {"provider": host, "models": {GPT: {
         "bedrock": "us.anthropic.claude-opus-4-6-v1:0", "vertex": "claude-opus-4-6@20260201"}[host]}}]
-    with Stack(cfg, providers=(), env=KEYS, mocks=MOCKS) as s:
+    with hosts_stack(cfg) as s:
         c = openai_client(s)
         ask = lambda: c.chat.completions.create(model=GPT, messages=[{"role": "user", "content": "hi"}])  # noqa: E731
         take_down(s, "openai", ask)

@@ -194,8 +194,18 @@ class Stack:
         clusters = {p["cluster"]: ports[p["name"]] for p in self.filter_config["providers"] if p["name"] in ports}
         for p in self.filter_config["providers"]:
             clusters.setdefault(p["cluster"], free_port())  # a provider nobody listens on
-        cfg = build_envoy_config(self.filter_config, free_port(), free_port(), clusters, self.env, **self.envoy_kwargs)
-        self.envoy = Envoy(cfg, Path(self.tmp.name)).start()
+        for attempt in range(3):
+            cfg = build_envoy_config(self.filter_config, free_port(), free_port(), clusters, self.env,
+                                     **self.envoy_kwargs)
+            self.envoy = Envoy(cfg, Path(self.tmp.name))
+            try:
+                self.envoy.start()
+                return self
+            except RuntimeError as e:
+                # A free port taken by another process between the probe and Envoy's bind: retry.
+                self.envoy.stop()
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
         return self
 
     def __exit__(self, *exc) -> None:

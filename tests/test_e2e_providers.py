@@ -434,3 +434,18 @@ def test_openai_client_on_claude_hosts_composes_translation_and_envelope(host):
         assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["stop"]
         assert chunks[-1].usage.prompt_tokens == 12
         assert_credentials_stay_home(s)
+
+
+def test_large_requests_are_rewritten_for_fallback_hosts(hosts):
+    # A rewritten request is buffered whole; the demo configs raise Envoy's 1 MiB default
+    # buffer to 32 MiB (the Anthropic API's own limit), so large prompts and images fail over.
+    c = anthropic_client(hosts)
+    take_down(hosts, "anthropic", lambda: claude_ask(c))
+    image = "A" * (6 * 1024 * 1024)  # a 6 MiB base64 "image"
+    msg = c.messages.create(model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
+        {"type": "text", "text": "what is this?"}]}])
+    assert msg.content[0].text == "Hello from vertex"
+    sent = hosts.received("vertex")[-1]["body"]
+    assert sent["messages"][0]["content"][0]["source"]["data"] == image
+    assert "model" not in sent

@@ -53,12 +53,22 @@ pub struct ClientRequest {
     /// The path the client called (kept when the host speaks the client's format).
     pub path: String,
     pub body: Value,
+    /// The client's `anthropic-beta` header values (Bedrock takes them in the body).
+    pub betas: Vec<String>,
 }
 
 impl ClientRequest {
     pub fn parse(api: ClientApi, path: &str, body: &[u8]) -> Option<Self> {
         let body: Value = serde_json::from_slice(body).ok()?;
-        body.is_object().then(|| ClientRequest { api, path: path.to_string(), body })
+        body.is_object().then(|| ClientRequest { api, path: path.to_string(), body, betas: Vec::new() })
+    }
+
+    /// Adds the client's `anthropic-beta` header (comma-separated beta names).
+    pub fn with_betas(mut self, header: Option<&str>) -> Self {
+        if let Some(h) = header {
+            self.betas = h.split(',').map(str::trim).filter(|b| !b.is_empty()).map(str::to_string).collect();
+        }
+        self
     }
 
     pub fn model(&self) -> Option<&str> {
@@ -126,6 +136,10 @@ pub fn rewrite(
         }
         Api::Bedrock => {
             bedrock::envelope(obj);
+            // Bedrock reads beta flags from the body, not from an `anthropic-beta` header.
+            if !req.betas.is_empty() && !obj.contains_key("anthropic_beta") {
+                obj.insert("anthropic_beta".into(), Value::from(req.betas.clone()));
+            }
             bedrock::path(&model, stream)
         }
         Api::AzureOpenAi => {
@@ -219,6 +233,17 @@ mod tests {
         assert!(r.stream);
         let r = rewrite(&anthropic_req(false), &c.providers[2], &c.providers[2].models, 4096).unwrap();
         assert_eq!(r.path, "/model/us.anthropic.claude-opus-4-6-v1%3A0/invoke");
+    }
+
+    #[test]
+    fn bedrock_takes_beta_flags_in_the_body() {
+        let c = cfg();
+        let req = anthropic_req(false).with_betas(Some("context-1m-2025-08-07, token-efficient-tools-2025-02-19"));
+        let r = rewrite(&req, &c.providers[2], &c.providers[2].models, 4096).unwrap();
+        assert_eq!(body(&r)["anthropic_beta"], json!(["context-1m-2025-08-07", "token-efficient-tools-2025-02-19"]));
+        // Other hosts take the header as it is.
+        let r = rewrite(&req, &c.providers[1], &c.providers[1].models, 4096).unwrap();
+        assert!(body(&r).get("anthropic_beta").is_none());
     }
 
     #[test]

@@ -143,6 +143,10 @@ def test_anthropic_sdk_fails_over_vertex_bedrock_openai(hosts):
     assert final.stop_reason == "end_turn" and final.usage.input_tokens == 12 and final.usage.output_tokens == 5
     paths = [r["path"] for r in hosts.received("bedrock")]
     assert "/model/us.anthropic.claude-opus-4-6-v1%3A0/invoke-with-response-stream" in paths
+    # Beta flags travel in Bedrock's body, not in a header.
+    c.messages.create(model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "hi"}],
+                      extra_headers={"anthropic-beta": "context-1m-2025-08-07"})
+    assert hosts.received("bedrock")[-1]["body"]["anthropic_beta"] == ["context-1m-2025-08-07"]
 
     # 3. Bedrock down: another vendor, translated both ways.
     take_down(hosts, "bedrock", lambda: claude_ask(c))

@@ -180,7 +180,12 @@ impl Filter {
         let client = chain.client_api;
         let path =
             self.held_headers.iter().find(|(k, _)| k == ":path").map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-        let req = ClientRequest::parse(client, path.as_deref().unwrap_or("/"), body);
+        let beta = self
+            .held_headers
+            .iter()
+            .find(|(k, _)| k == "anthropic-beta")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok());
+        let req = ClientRequest::parse(client, path.as_deref().unwrap_or("/"), body).map(|r| r.with_betas(beta));
         let now = now_us() / 1000;
         let headers = std::mem::take(&mut self.held_headers);
         for (pos, &p) in chain.providers.iter().enumerate().skip(start) {

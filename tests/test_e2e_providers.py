@@ -453,3 +453,32 @@ def test_large_requests_are_rewritten_for_fallback_hosts(hosts):
     sent = hosts.received("vertex")[-1]["body"]
     assert sent["messages"][0]["content"][0]["source"]["data"] == image
     assert "model" not in sent
+
+
+def test_garbage_on_rewritten_paths_never_crashes_the_vm(hosts):
+    # Bad request bodies that must be rewritten, and garbage answers that must be decoded or
+    # translated, end as client errors or degraded answers; no Wasm VM ever crashes.
+    c = anthropic_client(hosts)
+    take_down(hosts, "anthropic", lambda: claude_ask(c))
+    for raw in (b"not json", b"[1,2]", b'{"model": 5}', b'{"model": "claude-opus-4-6", "messages": [',
+                b"[" * 5000, bytes(range(256)) * 20, b'{"model": "claude-opus-4-6", "max_tokens": "x"}'):
+        r = requests.post(hosts.url + "/v1/messages", data=raw, timeout=10,
+                          headers={"content-type": "application/json", "anthropic-version": "2023-06-01"})
+        assert r.status_code in (200, 400, 503), (raw[:20], r.status_code, r.text[:200])
+    stream = {"model": CLAUDE, "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    take_down(hosts, "vertex", lambda: claude_ask(c))
+    hosts.fault("bedrock", "garbage")
+    for body in (stream, {**stream, "stream": False}):
+        requests.post(hosts.url + "/v1/messages", json=body, timeout=10)
+    take_down(hosts, "bedrock", lambda: claude_ask(c))
+    hosts.fault("openai", "garbage")
+    for body in (stream, {**stream, "stream": False}):
+        requests.post(hosts.url + "/v1/messages", json=body, timeout=10)
+    o = openai_client(hosts)
+    ask = lambda: o.chat.completions.create(model=GPT, messages=[{"role": "user", "content": "hi"}])  # noqa: E731
+    take_down(hosts, "azure", ask)
+    for raw in (b'{"model": "gpt-4o", "messages": "hi"}', b'{"model": "gpt-4o", "messages": [{"role": "tool"}]}'):
+        r = requests.post(hosts.url + "/v1/chat/completions", data=raw, timeout=10,
+                          headers={"content-type": "application/json"})
+        assert r.status_code in (200, 400, 503), r.text[:200]
+    assert hosts.wasm_failures() == []

@@ -27,6 +27,12 @@ pub enum Outcome {
     StreamError,
     /// A 200 response that ended (or was cut) without its terminal event.
     StreamTruncated,
+    /// No content (a text or tool delta, or the JSON answer) within the first-token deadline.
+    FirstTokenTimeout,
+    /// A stream that went silent for longer than the stall deadline after its first content.
+    Stalled,
+    /// A 2xx answer that is not the API's answer (not JSON, not an answer object).
+    InvalidAnswer,
     /// 4xx other than 429: the request's fault, says nothing about the provider.
     ClientError,
     /// The client went away before the answer was complete.
@@ -61,6 +67,9 @@ impl Outcome {
             Outcome::Reset => "reset",
             Outcome::StreamError => "stream_error",
             Outcome::StreamTruncated => "stream_truncated",
+            Outcome::FirstTokenTimeout => "first_token_timeout",
+            Outcome::Stalled => "stalled",
+            Outcome::InvalidAnswer => "invalid_answer",
             Outcome::ClientError => "client_error",
             Outcome::ClientCancelled => "client_cancelled",
             Outcome::LocalError => "local_error",
@@ -77,7 +86,10 @@ impl Outcome {
             | Outcome::ConnectFailure
             | Outcome::Reset
             | Outcome::StreamError
-            | Outcome::StreamTruncated => Health::Failure,
+            | Outcome::StreamTruncated
+            | Outcome::FirstTokenTimeout
+            | Outcome::Stalled
+            | Outcome::InvalidAnswer => Health::Failure,
             Outcome::RateLimited { retry_after_ms } => Health::RateLimited {
                 cooldown_ms: retry_after_ms.unwrap_or(default_retry_after_ms).min(max_retry_after_ms),
             },

@@ -105,6 +105,8 @@ struct RawConfig {
     client_credential_headers: Vec<String>,
     #[serde(default = "default_max_tokens")]
     default_max_tokens: u32,
+    #[serde(default)]
+    retry_budget: RawRetryBudget,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +175,60 @@ struct RawChain {
     client_api: Option<ClientApi>,
     #[serde(default)]
     on_untranslatable: OnUntranslatable,
+    #[serde(default)]
+    failover: Option<RawFailover>,
+    #[serde(default)]
+    deadlines: Option<RawDeadlines>,
+}
+
+/// In-request failover of a chain: the Envoy clusters that let a router retry move on to the
+/// next provider, and the bounds of those retries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    #[serde(default)]
+    clusters: Vec<RawFailoverCluster>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    same_provider_retries: u32,
+    #[serde(default = "default_max_replay_bytes")]
+    max_replay_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailoverCluster {
+    cluster: String,
+    providers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDeadlines {
+    first_token_ms: Option<u64>,
+    json_answer_ms: Option<u64>,
+    stall_ms: Option<u64>,
+    total_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetryBudget {
+    ratio: f64,
+    min_per_s: f64,
+    window_ms: u64,
+}
+
+impl Default for RawRetryBudget {
+    fn default() -> Self {
+        let d = RetryBudget::default();
+        RawRetryBudget { ratio: d.ratio, min_per_s: d.min_per_s, window_ms: d.window_ms }
+    }
+}
+
+fn default_max_replay_bytes() -> u64 {
+    8 * 1024 * 1024
 }
 
 /// A chain entry: a provider name, or `{"provider": name, "same_model": bool, "models": {...},
@@ -314,8 +370,86 @@ pub struct Config {
     pub route_header: String,
     /// Client credential headers (lowercase) stripped from every rerouted request.
     pub client_credential_headers: Vec<String>,
+    /// Every credential header name any party uses (the client's and every provider's): an
+    /// attempt removes all of them but its own provider's, since edits of one attempt carry
+    /// over to the next.
+    pub credential_headers: Vec<String>,
     /// `max_tokens` sent to an Anthropic-format host when an OpenAI client gave none.
     pub default_max_tokens: u32,
+    /// The share of requests that may be replayed on another attempt, over a window.
+    pub retry_budget: RetryBudget,
+}
+
+/// Replays (attempts after the first) may not exceed `ratio` of the requests in the last
+/// `window_ms`, plus `min_per_s` per second of the window: a failing provider cannot multiply
+/// the load on the next one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_s: f64,
+    pub window_ms: u64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget { ratio: 0.2, min_per_s: 1.0, window_ms: 10_000 }
+    }
+}
+
+impl RetryBudget {
+    /// Replays allowed in a window that saw `requests` requests.
+    pub fn allowed(&self, requests: u64) -> u64 {
+        let floor = self.min_per_s * (self.window_ms as f64 / 1000.0);
+        (self.ratio * requests as f64 + floor).floor() as u64
+    }
+}
+
+/// A cluster of the Envoy config whose sub-clusters are these providers' clusters, in this
+/// order (an aggregate cluster with the `previous_priorities` retry priority): a router retry
+/// on it moves to the next of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverCluster {
+    pub cluster: String,
+    /// Provider indexes, in the cluster's order.
+    pub providers: Vec<usize>,
+}
+
+/// In-request failover of one chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    pub clusters: Vec<FailoverCluster>,
+    /// Attempts per request at most (the first included).
+    pub max_attempts: u32,
+    /// Extra attempts on the same provider before moving on (the route's `retry_priority`
+    /// `update_frequency` must be this + 1).
+    pub same_provider_retries: u32,
+    /// A request body larger than this is not kept for a replay.
+    pub max_replay_bytes: u64,
+}
+
+/// Per-chain deadlines, in milliseconds (None: no deadline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Streams: from the attempt's start to the first content (a text or tool delta).
+    pub first_token_ms: Option<u64>,
+    /// Non-streaming answers: from the attempt's start to the whole answer (defaults to
+    /// `first_token_ms`).
+    pub json_answer_ms: Option<u64>,
+    /// Streams: the longest silence after the first content.
+    pub stall_ms: Option<u64>,
+    /// No attempt starts later than this after the request arrived.
+    pub total_ms: Option<u64>,
+}
+
+impl Deadlines {
+    /// The per-attempt deadline for a request that does (or does not) stream.
+    pub fn first_content_ms(&self, stream: bool) -> Option<u64> {
+        if stream {
+            self.first_token_ms
+        } else {
+            self.json_answer_ms.or(self.first_token_ms)
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +545,17 @@ pub struct Chain {
     /// The format the chain's clients speak.
     pub client_api: ClientApi,
     pub on_untranslatable: OnUntranslatable,
+    /// In-request failover (None: one attempt per request, failover for the requests after).
+    pub failover: Option<Failover>,
+    pub deadlines: Deadlines,
+}
+
+impl Chain {
+    /// Does this chain need the upstream (per-attempt) filter: retries across providers or
+    /// deadlines on an attempt?
+    pub fn uses_attempts(&self) -> bool {
+        self.failover.is_some() || self.deadlines != Deadlines::default()
+    }
 }
 
 impl Chain {
@@ -468,9 +613,9 @@ impl Default for BreakerSettings {
             min_requests: 10,
             failure_ratio: 0.5,
             consecutive_failures: 5,
-            open_ms: 10_000,
-            max_open_ms: 300_000,
-            backoff_multiplier: 2.0,
+            open_ms: 5_000,
+            max_open_ms: 20_000,
+            backoff_multiplier: 1.5,
             jitter: 0.2,
             half_open_probes: 1,
             close_after_successes: 2,
@@ -562,6 +707,61 @@ fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
         return Err(err(field, format!("{name:?} is not a valid HTTP header name")));
     }
     Ok(name.to_ascii_lowercase())
+}
+
+fn validate_failover(
+    f: &dyn Fn(&str) -> String,
+    fo: RawFailover,
+    chain: &[usize],
+    providers: &[Provider],
+) -> Result<Failover, ConfigError> {
+    let mut clusters = Vec::with_capacity(fo.clusters.len());
+    for (k, c) in fo.clusters.into_iter().enumerate() {
+        let cf = |x: &str| f(&format!("failover.clusters[{k}].{x}"));
+        if c.cluster.is_empty() || !is_header_value(&c.cluster) || c.cluster.contains(' ') {
+            return Err(err(cf("cluster"), "must be a non-empty Envoy cluster name"));
+        }
+        if c.providers.len() < 2 {
+            return Err(err(cf("providers"), "a failover cluster needs at least two providers"));
+        }
+        let mut idx = Vec::with_capacity(c.providers.len());
+        let mut last_pos = None;
+        for (j, name) in c.providers.iter().enumerate() {
+            let Some(p) = providers.iter().position(|p| &p.name == name) else {
+                return Err(err(cf(&format!("providers[{j}]")), format!("unknown provider {name:?}")));
+            };
+            let Some(pos) = chain.iter().position(|&q| q == p) else {
+                return Err(err(cf(&format!("providers[{j}]")), format!("provider {name:?} is not in this chain")));
+            };
+            if last_pos.is_some_and(|l| pos <= l) {
+                return Err(err(
+                    cf(&format!("providers[{j}]")),
+                    "providers must be listed in the chain's order, each once",
+                ));
+            }
+            last_pos = Some(pos);
+            idx.push(p);
+        }
+        clusters.push(FailoverCluster { cluster: c.cluster, providers: idx });
+    }
+    let per_provider = fo.same_provider_retries.saturating_add(1);
+    if fo.same_provider_retries > 5 {
+        return Err(err(f("failover.same_provider_retries"), "must be at most 5"));
+    }
+    let most = u32::try_from(chain.len()).unwrap_or(u32::MAX).saturating_mul(per_provider);
+    let max_attempts = fo.max_attempts.unwrap_or(most);
+    if max_attempts == 0 || max_attempts > 20 {
+        return Err(err(f("failover.max_attempts"), "must be between 1 and 20"));
+    }
+    if fo.max_replay_bytes > 1 << 30 {
+        return Err(err(f("failover.max_replay_bytes"), "must be at most 1 GiB"));
+    }
+    Ok(Failover {
+        clusters,
+        max_attempts,
+        same_provider_retries: fo.same_provider_retries,
+        max_replay_bytes: fo.max_replay_bytes,
+    })
 }
 
 fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -705,7 +905,33 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             same_model.push(same.unwrap_or(api == client));
             idx.push(k);
         }
+        let failover = match c.failover {
+            None => None,
+            Some(fo) => Some(validate_failover(&f, fo, &idx, &providers)?),
+        };
+        let deadlines = match c.deadlines {
+            None => Deadlines::default(),
+            Some(d) => {
+                let mut out = Deadlines::default();
+                for (k, v, slot) in [
+                    ("first_token_ms", d.first_token_ms, &mut out.first_token_ms),
+                    ("json_answer_ms", d.json_answer_ms, &mut out.json_answer_ms),
+                    ("stall_ms", d.stall_ms, &mut out.stall_ms),
+                    ("total_ms", d.total_ms, &mut out.total_ms),
+                ] {
+                    if let Some(v) = v {
+                        if !(10..=3_600_000).contains(&v) {
+                            return Err(err(f(&format!("deadlines.{k}")), "must be between 10 and 3600000 ms"));
+                        }
+                        *slot = Some(v);
+                    }
+                }
+                out
+            }
+        };
         chains.push(Chain {
+            failover,
+            deadlines,
             name: c.name.unwrap_or_else(|| format!("chain{i}")),
             path_prefix: c.matcher.path_prefix,
             header,
@@ -777,8 +1003,28 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     if raw.default_max_tokens == 0 || raw.default_max_tokens > 1_000_000 {
         return Err(err("default_max_tokens", "must be between 1 and 1000000"));
     }
+    let rb = raw.retry_budget;
+    if !(rb.ratio >= 0.0 && rb.ratio <= 10.0) {
+        return Err(err("retry_budget.ratio", "must be in [0, 10]"));
+    }
+    if !(rb.min_per_s >= 0.0 && rb.min_per_s <= 100_000.0) {
+        return Err(err("retry_budget.min_per_s", "must be in [0, 100000]"));
+    }
+    if !(1000..=600_000).contains(&rb.window_ms) || rb.window_ms % 1000 != 0 {
+        return Err(err("retry_budget.window_ms", "must be a whole number of seconds between 1000 and 600000"));
+    }
 
+    let mut credential_headers = client_credential_headers.clone();
+    for p in &providers {
+        if let Some(c) = &p.credential {
+            if !credential_headers.contains(&c.header) {
+                credential_headers.push(c.header.clone());
+            }
+        }
+    }
     Ok(Config {
+        credential_headers,
+        retry_budget: RetryBudget { ratio: rb.ratio, min_per_s: rb.min_per_s, window_ms: rb.window_ms },
         default_max_tokens: raw.default_max_tokens,
         providers,
         chains,

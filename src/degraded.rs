@@ -16,8 +16,15 @@ use serde_json::json;
 pub enum DegradedReason {
     /// Every provider in the chain was open, probing or rate-limited.
     NoProviderAvailable,
-    /// The chosen provider failed before the answer started.
+    /// The chosen provider failed before the answer started (and no attempt followed).
     UpstreamFailure,
+    /// An attempt failed and the retry budget allowed no replay.
+    RetryBudgetExhausted,
+    /// An attempt failed and the request's overall deadline or its attempts were spent.
+    DeadlineExceeded,
+    /// The Envoy config does not let the filter know which provider an attempt reached (its
+    /// endpoints lack `llm_failover.provider` metadata): nothing was sent.
+    Misconfigured,
 }
 
 impl DegradedReason {
@@ -25,6 +32,9 @@ impl DegradedReason {
         match self {
             DegradedReason::NoProviderAvailable => "no_provider_available",
             DegradedReason::UpstreamFailure => "upstream_failure",
+            DegradedReason::RetryBudgetExhausted => "retry_budget_exhausted",
+            DegradedReason::DeadlineExceeded => "deadline_exceeded",
+            DegradedReason::Misconfigured => "misconfigured",
         }
     }
 }
@@ -270,7 +280,7 @@ mod tests {
         let mut m = crate::providers::openai::StreamMonitor::new();
         let mut p = crate::sse::SseParser::new();
         p.feed(&r.body, &mut |_, d| m.on_data(d));
-        assert_eq!(m.verdict(), StreamVerdict::Complete);
+        assert_eq!(m.verdict(false), StreamVerdict::Complete);
         let r = degraded_response(
             &settings(DegradedMode::Error),
             ClientApi::OpenAi,

@@ -10,11 +10,15 @@
 //!   bucket window; streaming looks at the request's `model`/`stream` and the answer's tokens.
 //! - [`telemetry`]: stat names and the per-request record behind stats and access-log fields.
 
+pub mod attempt;
 pub mod breaker;
+pub mod budget;
 pub mod classify;
 pub mod config;
 pub mod degraded;
 pub mod eventstream;
+pub mod exchange;
+pub mod health;
 pub mod plan;
 pub mod providers;
 pub mod request_peek;
@@ -24,6 +28,7 @@ pub mod sse;
 pub mod telemetry;
 pub mod translate;
 pub mod usage;
+pub mod validate;
 pub mod window;
 
 #[cfg(target_arch = "wasm32")]

@@ -42,7 +42,9 @@ pub struct StreamPipeline {
     bedrock: Option<BedrockStream>,
     monitor: StreamMonitor,
     translator: Translator,
+    client: ClientApi,
     out: Vec<u8>,
+    ended: bool,
 }
 
 impl StreamPipeline {
@@ -73,7 +75,9 @@ impl StreamPipeline {
             bedrock,
             monitor: StreamMonitor::new(host),
             translator,
+            client,
             out: Vec::new(),
+            ended: false,
         }
     }
 
@@ -83,32 +87,57 @@ impl StreamPipeline {
     }
 
     /// Feeds one chunk of the host's body (`end`: the last one). Returns the bytes to send
-    /// instead of it when the pipeline rewrites (possibly empty while an event is unfinished).
-    /// A rewritten stream that ends before its terminal event gets an error event at the end,
-    /// so the client's SDK raises instead of returning a silently partial answer.
+    /// instead of it when the pipeline rewrites (possibly empty while an event is unfinished),
+    /// or when a stream that ends before its terminal event needs an error event at its end:
+    /// every stream, rewritten or not, ends for the client either complete or with a
+    /// well-formed error event in its format, so its SDK raises instead of returning a silently
+    /// partial answer as if it were complete.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Option<&[u8]> {
         self.out.clear();
         self.feed_events(chunk);
-        if end {
-            let StreamPipeline { monitor, translator, out, .. } = self;
+        let mut appended = false;
+        if end && !self.ended {
+            self.ended = true;
+            let truncated = self.verdict() == StreamVerdict::Truncated;
+            let StreamPipeline { translator, out, client, .. } = self;
             match translator {
-                Translator::None => {}
+                Translator::None => {
+                    if truncated {
+                        out.extend_from_slice(chunk);
+                        write_truncation_error(*client, out);
+                        appended = true;
+                    }
+                }
                 Translator::AnthropicSse => {
-                    if monitor.verdict() == StreamVerdict::Truncated {
-                        let data =
-                            bedrock_stream::error_json("api_error", "the upstream stream ended before message_stop");
-                        bedrock_stream::write_sse(out, b"error", &data);
+                    if truncated {
+                        write_truncation_error(ClientApi::Anthropic, out);
                     }
                 }
                 Translator::AnthropicToOpenAi(t) => t.finish(out),
                 Translator::OpenAiToAnthropic(t) => t.finish(out),
             }
         }
-        self.rewrites().then_some(self.out.as_slice())
+        (self.rewrites() || appended).then_some(self.out.as_slice())
+    }
+
+    /// Has the answer's content begun (a text or tool delta, or the answer's end)?
+    pub fn content_started(&self) -> bool {
+        self.monitor.content_started()
+    }
+
+    /// Has the host's terminal event arrived? From then on the answer is complete for the
+    /// client, whatever happens to the rest of the body.
+    pub fn terminal_seen(&self) -> bool {
+        self.monitor.terminal_seen() && !self.parser.overflowed()
+    }
+
+    /// Did the host's stream fail (an error event, or bytes that are not its stream)?
+    pub fn failed(&self) -> bool {
+        matches!(self.verdict(), StreamVerdict::Error { .. }) || self.bedrock.as_ref().is_some_and(BedrockStream::failed)
     }
 
     fn feed_events(&mut self, chunk: &[u8]) {
-        let StreamPipeline { parser, bedrock, monitor, translator, out } = self;
+        let StreamPipeline { parser, bedrock, monitor, translator, out, .. } = self;
         let mut on_event = |event: &[u8], data: &[u8]| {
             monitor.on_event(event, data);
             match translator {
@@ -126,7 +155,7 @@ impl StreamPipeline {
 
     /// How the stream ended (final once the body has ended).
     pub fn verdict(&self) -> StreamVerdict {
-        match self.monitor.verdict() {
+        match self.monitor.verdict(self.ended) {
             StreamVerdict::Complete if self.parser.overflowed() => StreamVerdict::Truncated,
             v => v,
         }
@@ -135,6 +164,21 @@ impl StreamPipeline {
     /// (input tokens, output tokens) the host reported.
     pub fn usage(&self) -> (Option<u64>, Option<u64>) {
         self.monitor.usage()
+    }
+}
+
+/// The error event that ends a stream cut before its terminal event, in the client's format.
+pub fn write_truncation_error(client: ClientApi, out: &mut Vec<u8>) {
+    const MESSAGE: &str = "llm-failover: the provider's stream ended before the answer was complete";
+    match client {
+        ClientApi::Anthropic => {
+            bedrock_stream::write_sse(out, b"error", &response::anthropic_error_body("api_error", MESSAGE))
+        }
+        ClientApi::OpenAi => {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&response::openai_error_body("api_error", 502, MESSAGE));
+            out.extend_from_slice(b"\n\n");
+        }
     }
 }
 

@@ -46,6 +46,26 @@ pub fn untranslatable(provider: &str) -> String {
     format!("llm_failover.untranslatable.provider.{provider}")
 }
 
+/// Attempts after a request's first, sent to `provider`.
+pub fn replays(provider: &str) -> String {
+    format!("llm_failover.replays.provider.{provider}")
+}
+
+/// Deadlines that fired (`kind`: `first_token` or `stall`).
+pub fn deadlines(provider: &str, kind: &str) -> String {
+    format!("llm_failover.deadlines.kind.{kind}.provider.{provider}")
+}
+
+/// Requests that could not be replayed (`reason`: `body_too_large`).
+pub fn replays_skipped(reason: &str) -> String {
+    format!("llm_failover.replays_skipped.reason.{reason}")
+}
+
+/// Attempts per request (histogram).
+pub fn request_attempts() -> String {
+    "llm_failover.request_attempts".to_string()
+}
+
 pub fn degraded(reason: &str) -> String {
     format!("llm_failover.degraded.reason.{reason}")
 }
@@ -84,8 +104,10 @@ pub fn time_per_output_token(provider: &str, model: &str) -> String {
 pub struct RequestRecord {
     pub provider: Option<String>,
     pub model: Option<String>,
-    /// Providers of the chain considered (skipped ones plus the one chosen).
+    /// Attempts made (the first included).
     pub attempts: u32,
+    /// Each attempt's provider and outcome, in order (`primary:overloaded,fallback:success`).
+    pub tried: Option<String>,
     pub outcome: Option<&'static str>,
     pub degraded_reason: Option<&'static str>,
     pub input_tokens: Option<u64>,
@@ -98,7 +120,7 @@ impl RequestRecord {
     /// The access-log fields as (filter-state name, value); absent values are left out.
     /// Envoy's access log reads them as `%FILTER_STATE(wasm.<name>:PLAIN)%`.
     pub fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::with_capacity(9);
+        let mut out = Vec::with_capacity(10);
         let mut put = |k: &'static str, v: Option<String>| {
             if let Some(v) = v {
                 out.push((k, v));
@@ -107,6 +129,7 @@ impl RequestRecord {
         put("llm_failover.provider", self.provider.clone());
         put("llm_failover.model", self.model.clone());
         put("llm_failover.attempts", (self.attempts > 0).then(|| self.attempts.to_string()));
+        put("llm_failover.tried", self.tried.clone());
         put("llm_failover.outcome", self.outcome.map(str::to_string));
         put("llm_failover.degraded_reason", self.degraded_reason.map(str::to_string));
         put("llm_failover.input_tokens", self.input_tokens.map(|v| v.to_string()));

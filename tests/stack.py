@@ -58,6 +58,16 @@ def _wasm_filter(cfg: dict) -> dict:
     return next(f for f in hcm["http_filters"] if f["name"] == "llm-failover")
 
 
+def _upstream_wasm(cfg: dict) -> dict | None:
+    """The upstream (per-attempt) Wasm filter of a demo config, if it has one."""
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    router = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router")
+    for f in router.get("typed_config", {}).get("upstream_http_filters", []):
+        if f["name"] == "llm-failover-upstream":
+            return f
+    return None
+
+
 def _route(cfg: dict) -> dict:
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     return hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
@@ -73,7 +83,13 @@ def build_envoy_config(
     idle_timeout: str = "3s",
     allow_stop_iteration: bool = True,
     base: Path = DEMO,
+    upstream_filter: bool = True,
 ) -> dict:
+    """The demo config with its ports moved and `filter_config` in place. Provider clusters are
+    built from the filter config (each endpoint naming its provider in `llm_failover.provider`
+    metadata) and every `failover.clusters` entry becomes an aggregate cluster of them.
+    `upstream_filter=False` removes the per-attempt filter (what an Istio WasmPlugin install
+    gets)."""
     cfg = yaml.safe_load(base.read_text())
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
     cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listen_port
@@ -84,19 +100,56 @@ def build_envoy_config(
     wasm["allow_on_headers_stop_iteration"] = allow_stop_iteration
     if env is not None:
         wasm["vm_config"]["environment_variables"] = {"key_values": env}
+    up = _upstream_wasm(cfg)
+    if up is not None:
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        router = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router")
+        if upstream_filter:
+            upc = up["typed_config"]["config"]
+            upc["vm_config"]["code"]["local"]["filename"] = str(WASM)
+            upc["allow_on_headers_stop_iteration"] = allow_stop_iteration
+            if env is not None:
+                upc["vm_config"]["environment_variables"] = {"key_values": env}
+        else:
+            del router["typed_config"]["upstream_http_filters"]
     route = _route(cfg)
     route["timeout"] = route_timeout
     route["idle_timeout"] = idle_timeout
     clusters = cfg["static_resources"]["clusters"]
-    template = clusters[0]
-    by_name = {c["name"]: c for c in clusters}
+    plain = [c for c in clusters if "load_assignment" in c]
+    aggregates = [c for c in clusters if "cluster_type" in c]
+    template = plain[0]
+    by_name = {c["name"]: c for c in plain}
+    provider_of = {}
+    for p in filter_config.get("providers", []):
+        provider_of.setdefault(p["cluster"], p["name"])
     out = []
     for name, port in cluster_ports.items():
         c = copy.deepcopy(by_name.get(name, template))
         c["name"] = name
         c["load_assignment"]["cluster_name"] = name
-        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] = port
+        ep = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        ep["endpoint"]["address"]["socket_address"]["port_value"] = port
+        if name in provider_of:
+            ep["metadata"] = {"filter_metadata": {"llm_failover": {"provider": provider_of[name]}}}
+        else:
+            ep.pop("metadata", None)
         out.append(c)
+    cluster_of = {p["name"]: p["cluster"] for p in filter_config.get("providers", [])}
+    seen = set()
+    for chain in filter_config.get("chains", []):
+        for fc in (chain.get("failover") or {}).get("clusters", []):
+            if fc["cluster"] in seen:
+                continue
+            seen.add(fc["cluster"])
+            agg = copy.deepcopy(aggregates[0]) if aggregates else {
+                "connect_timeout": "1s", "lb_policy": "CLUSTER_PROVIDED",
+                "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"}},
+                "circuit_breakers": {"thresholds": [{"max_retries": 100000}]}}
+            agg["name"] = fc["cluster"]
+            agg["cluster_type"]["typed_config"]["clusters"] = [cluster_of[n] for n in fc["providers"]]
+            out.append(agg)
     cfg["static_resources"]["clusters"] = out
     return cfg
 

@@ -6,7 +6,7 @@
 
 use crate::classify::Outcome;
 use crate::telemetry;
-use proxy_wasm::hostcalls;
+use super::abi;
 use proxy_wasm::types::MetricType;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -82,13 +82,13 @@ impl RequestStats {
 
 fn add(id: u32, n: u64) {
     if id != NONE && n > 0 {
-        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        let _ = abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
 fn record(id: u32, v: u64) {
     if id != NONE {
-        let _ = hostcalls::record_metric(id, v);
+        let _ = abi::record_metric(id, v);
     }
 }
 
@@ -125,7 +125,7 @@ fn id(kind: MetricType, name: String) -> u32 {
         if let Some(&id) = ids.get(&name) {
             return id;
         }
-        let id = hostcalls::define_metric(kind, &name).unwrap_or(NONE);
+        let id = abi::define_metric(kind, &name).unwrap_or(NONE);
         ids.insert(name, id);
         id
     })
@@ -135,10 +135,14 @@ pub fn counter(name: String, n: u64) {
     add(id(MetricType::Counter, name), n);
 }
 
+pub fn histogram(name: String, v: u64) {
+    record(id(MetricType::Histogram, name), v);
+}
+
 pub fn gauge_add(name: String, delta: i64) {
     let id = id(MetricType::Gauge, name);
     if id != NONE && delta != 0 {
-        let _ = hostcalls::increment_metric(id, delta);
+        let _ = abi::increment_metric(id, delta);
     }
 }
 

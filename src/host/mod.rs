@@ -1,12 +1,25 @@
-//! The thin host layer: the only code that talks to proxy-wasm. It turns host events into
-//! calls on the pure core and the core's decisions into host calls. Host calls that can fail
-//! are made through `proxy_wasm::hostcalls` directly and their errors handled, never unwrapped.
+//! The thin host layer: the only code that talks to proxy-wasm. Its contexts pump host events
+//! into the pure core (`exchange`, `attempt`) and turn the core's steps into host calls, all of
+//! them through [`abi`], whose functions return the host's status instead of panicking (a panic
+//! aborts the VM for every request on that worker).
+//!
+//! - [`root`]: configuration, the tick (success batches, the retry budget, held requests,
+//!   stalls), one root per role: the downstream filter and the upstream (per-attempt) filter;
+//! - [`filter`]: the downstream HTTP context of a request;
+//! - [`upstream`]: the upstream HTTP context of one attempt (Envoy runs it once per attempt);
+//! - [`registry`]: how an attempt finds its request's exchange (same VM, same worker);
+//! - [`health`]: the core's `Health` and `Budget` over shared data; [`shared`]: the CAS loops;
+//! - [`metrics`], [`props`], [`waiting`].
 
+pub mod abi;
 mod filter;
+mod health;
 mod metrics;
 mod props;
+mod registry;
 mod root;
 mod shared;
+mod upstream;
 mod waiting;
 
 use proxy_wasm::types::LogLevel;
@@ -19,11 +32,7 @@ pub fn start() {
 
 /// Microseconds since the Unix epoch, from the host clock.
 pub fn now_us() -> u64 {
-    proxy_wasm::hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    abi::get_current_time_ns().map(|ns| ns / 1000).unwrap_or(0)
 }
 
 /// Milliseconds since the Unix epoch, from the host clock.
@@ -34,4 +43,9 @@ pub fn now_ms() -> u64 {
 /// A random u32 from WASI `random_get`; a fixed midpoint if the host cannot give one.
 pub fn random_u32() -> u32 {
     getrandom::u32().unwrap_or(u32::MAX / 2)
+}
+
+/// A random u64 (ids of answers the filter writes).
+pub fn random_u64() -> u64 {
+    (u64::from(random_u32()) << 32) | u64::from(random_u32())
 }

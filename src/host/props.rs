@@ -1,16 +1,17 @@
-//! Reading Envoy properties and headers without panicking (the SDK's trait getters unwrap).
+//! Reading Envoy properties and headers through the raw ABI (never the SDK's panicking getters).
 
-use proxy_wasm::hostcalls;
+use super::abi;
 use proxy_wasm::types::MapType;
 
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+    abi::get_property(path).ok().flatten().filter(|b| !b.is_empty())
 }
 
 pub fn property_string(path: &[&str]) -> Option<String> {
     property(path).and_then(|b| String::from_utf8(b).ok())
 }
 
+/// An integer property (8 bytes, little-endian).
 pub fn property_u64(path: &[&str]) -> Option<u64> {
     let b = property(path)?;
     let arr: [u8; 8] = b.get(..8)?.try_into().ok()?;
@@ -18,13 +19,9 @@ pub fn property_u64(path: &[&str]) -> Option<u64> {
 }
 
 pub fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+    abi::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten().and_then(|v| String::from_utf8(v).ok())
 }
 
-pub fn set_request_header(name: &str, value: Option<&str>) {
-    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
-}
-
-pub fn set_response_header(name: &str, value: Option<&str>) {
-    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+pub fn set_header(map: MapType, name: &str, value: Option<&str>) {
+    let _ = abi::set_map_value(map, name, value.map(str::as_bytes));
 }

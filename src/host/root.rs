@@ -1,35 +1,49 @@
-//! The root context: loads and validates the configuration once per VM, prepares the shared
-//! data keys, and creates one filter context per HTTP stream.
+//! The root contexts, one per role of the module: the downstream filter (`root_id`
+//! `llm-failover`, any name not ending in `upstream`) loads and validates the configuration once
+//! per VM and shares it with the VM's other contexts; the upstream filter (a `root_id` ending in
+//! `upstream`, e.g. `llm-failover-upstream`, same `vm_id`) runs each attempt with that same
+//! configuration. The tick of every VM flushes the worker's batched successes and counted
+//! requests, answers requests held for a body that never came, and resets stalled streams.
 
 use super::filter::Filter;
-use super::{metrics, shared};
+use super::props::property_string;
+use super::upstream::{reset_stalled, Upstream};
+use super::{abi, metrics, registry, shared};
 use crate::config::{self, Config};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 use std::rc::Rc;
 
-/// Tick of every VM: flushes batched successes and resumes requests held for a degraded answer.
-const TICK_MS: u64 = 100;
+/// Tick of every VM: flushes batched successes, answers held requests, resets stalls.
+const TICK_MS: u32 = 100;
 
 #[derive(Default)]
 pub struct Root {
     config: Option<Rc<Config>>,
+    upstream: bool,
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
+        let root_id = property_string(&["plugin_root_id"]).unwrap_or_default();
+        if root_id.ends_with("upstream") {
+            self.upstream = true;
+            registry::set_upstream_filter();
+            let _ = abi::set_tick_period_ms(TICK_MS);
+            log::info!("upstream filter {root_id} ready: attempts use the configuration of the llm-failover filter of this vm_id");
+            return true;
+        }
         let bytes = if size == 0 {
             Vec::new()
         } else {
-            hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten().unwrap_or_default()
+            abi::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten().unwrap_or_default()
         };
         match config::parse(&bytes, |k| std::env::var(k).ok()) {
             Ok(cfg) => {
                 shared::reset_pending();
-                let _ = proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_millis(TICK_MS));
+                let _ = abi::set_tick_period_ms(TICK_MS);
                 metrics::report_memory();
                 for p in &cfg.providers {
                     shared::init(&p.state_key, &cfg.breaker);
@@ -41,7 +55,9 @@ impl RootContext for Root {
                     cfg.chains.len(),
                     cfg.route_header
                 );
-                self.config = Some(Rc::new(cfg));
+                let cfg = Rc::new(cfg);
+                registry::set_config(Some(cfg.clone()));
+                self.config = Some(cfg);
                 true
             }
             Err(e) => {
@@ -51,18 +67,27 @@ impl RootContext for Root {
         }
     }
 
-    /// Writes the successes this worker still holds, so an idle worker's share is not lost.
     fn on_tick(&mut self) {
-        let Some(cfg) = self.config.as_deref() else { return };
         let now = super::now_ms();
+        for id in registry::stalled(now) {
+            reset_stalled(id);
+        }
+        if self.upstream {
+            return;
+        }
+        let Some(cfg) = self.config.as_deref() else { return };
         super::waiting::answer_overdue(now, &cfg.degraded);
         for (idx, p) in cfg.providers.iter().enumerate() {
             let batch = shared::take_pending(idx);
             shared::flush_successes(idx, &p.state_key, &cfg.breaker, now, batch);
         }
+        shared::budget_flush(&cfg.retry_budget, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.upstream {
+            return Some(Box::new(Upstream::new(context_id)));
+        }
         Some(Box::new(Filter::new(self.config.clone(), context_id)))
     }
 

@@ -7,10 +7,10 @@
 //! `Config::success_flush_ms` (100 ms), or together with its next failure, or on the next tick
 //! (every 100 ms): another worker's successes reach the shared window within 100 ms.
 
-use super::metrics;
+use super::{abi, metrics};
 use crate::breaker::{Peek, ProviderState};
-use crate::config::BreakerSettings;
-use proxy_wasm::hostcalls;
+use crate::budget::BudgetState;
+use crate::config::{BreakerSettings, RetryBudget};
 use proxy_wasm::types::Status;
 use std::cell::RefCell;
 
@@ -24,7 +24,7 @@ thread_local! {
 
 /// The admission check of every request: reads the value and decodes only its header.
 pub fn peek(key: &str, now_ms: u64, s: &BreakerSettings) -> Peek {
-    match hostcalls::get_shared_data(key) {
+    match abi::get_shared_data(key) {
         Ok((Some(bytes), _)) => ProviderState::peek_encoded(&bytes, now_ms, s),
         _ => Peek::Admit,
     }
@@ -88,12 +88,12 @@ pub fn flush_successes(idx: usize, key: &str, s: &BreakerSettings, now_ms: u64, 
 
 /// Creates the key if it does not exist yet, so that later updates always carry a CAS.
 pub fn init(key: &str, s: &BreakerSettings) {
-    if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(key) {
+    if let Ok((Some(bytes), _)) = abi::get_shared_data(key) {
         if !bytes.is_empty() {
             return;
         }
     }
-    let _ = hostcalls::set_shared_data(key, Some(&ProviderState::new(s).encode()), None);
+    let _ = abi::set_shared_data(key, &ProviderState::new(s).encode(), None);
 }
 
 /// Runs `f` on the provider's state and writes the result back with CAS, retrying on a lost
@@ -101,16 +101,16 @@ pub fn init(key: &str, s: &BreakerSettings) {
 /// state (an unchanged state is not written). `None` when every attempt lost the race.
 pub fn update<R>(key: &str, s: &BreakerSettings, mut f: impl FnMut(&mut ProviderState) -> (R, bool)) -> Option<R> {
     for attempt in 0..MAX_CAS_ATTEMPTS {
-        let (bytes, cas) = hostcalls::get_shared_data(key).unwrap_or((None, None));
+        let (bytes, cas) = abi::get_shared_data(key).unwrap_or((None, None));
         let mut state = match &bytes {
-            Some(b) => ProviderState::decode(b, s),
-            None => ProviderState::new(s),
+            Some(b) if !b.is_empty() => ProviderState::decode(b, s),
+            _ => ProviderState::new(s),
         };
         let (result, changed) = f(&mut state);
         if !changed {
             return Some(result);
         }
-        match hostcalls::set_shared_data(key, Some(&state.encode()), cas) {
+        match abi::set_shared_data(key, &state.encode(), cas) {
             Ok(()) => {
                 metrics::shared_update(attempt as u32, false);
                 return Some(result);
@@ -125,4 +125,56 @@ pub fn update<R>(key: &str, s: &BreakerSettings, mut f: impl FnMut(&mut Provider
     metrics::shared_update(MAX_CAS_ATTEMPTS as u32, true);
     log::warn!("shared data {key} still contended after {MAX_CAS_ATTEMPTS} attempts; one update dropped");
     None
+}
+
+/// The shared-data key of the retry budget.
+pub const BUDGET_KEY: &str = "llm-failover/v1/retry-budget";
+
+thread_local! {
+    /// Requests this worker counted for the budget but has not written yet.
+    static BUDGET_PENDING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one request for the retry budget (written with the next replay or tick).
+pub fn budget_count_request() {
+    BUDGET_PENDING.with(|c| c.set(c.get().saturating_add(1)));
+}
+
+/// Takes one replay from the retry budget (writing this worker's counted requests with it).
+pub fn budget_try_replay(b: &RetryBudget, now_ms: u64) -> bool {
+    let pending = BUDGET_PENDING.with(|c| c.replace(0));
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, cas) = abi::get_shared_data(BUDGET_KEY).unwrap_or((None, None));
+        let mut st = bytes.as_deref().map_or_else(|| BudgetState::new(b), |v| BudgetState::decode(v, b));
+        let granted = st.try_replay(now_ms, pending, b);
+        if !granted && pending == 0 {
+            return false;
+        }
+        match abi::set_shared_data(BUDGET_KEY, &st.encode(), cas) {
+            Ok(()) => return granted,
+            Err(Status::CasMismatch) => continue,
+            Err(_) => break,
+        }
+    }
+    BUDGET_PENDING.with(|c| c.set(c.get().saturating_add(pending)));
+    false
+}
+
+/// Writes this worker's counted requests (from the tick).
+pub fn budget_flush(b: &RetryBudget, now_ms: u64) {
+    let pending = BUDGET_PENDING.with(|c| c.replace(0));
+    if pending == 0 {
+        return;
+    }
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, cas) = abi::get_shared_data(BUDGET_KEY).unwrap_or((None, None));
+        let mut st = bytes.as_deref().map_or_else(|| BudgetState::new(b), |v| BudgetState::decode(v, b));
+        st.count_requests(now_ms, pending);
+        match abi::set_shared_data(BUDGET_KEY, &st.encode(), cas) {
+            Ok(()) => return,
+            Err(Status::CasMismatch) => continue,
+            Err(_) => break,
+        }
+    }
+    BUDGET_PENDING.with(|c| c.set(c.get().saturating_add(pending)));
 }

@@ -12,7 +12,7 @@
 use crate::config::{ClientApi as Api, DegradedMode, DegradedSettings};
 use crate::degraded::{degraded_response, DegradedReason};
 use crate::telemetry;
-use proxy_wasm::hostcalls;
+use super::abi;
 use std::cell::RefCell;
 
 /// How long a request may wait for its body before the tick answers it.
@@ -23,21 +23,6 @@ thread_local! {
     static WAITING: RefCell<Vec<(u32, u64, Api)>> = const { RefCell::new(Vec::new()) };
 }
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    // The SDK's send_http_response panics on an unexpected status; a held stream may be gone.
-    #[link_name = "proxy_send_local_response"]
-    fn send_local_response(
-        status_code: u32,
-        details: *const u8,
-        details_size: usize,
-        body: *const u8,
-        body_size: usize,
-        headers: *const u8,
-        headers_size: usize,
-        grpc_status: i32,
-    ) -> u32;
-}
 
 pub fn hold(context_id: u32, now_ms: u64, api: Api) {
     WAITING.with(|w| {
@@ -66,46 +51,16 @@ pub fn answer_overdue(now_ms: u64, settings: &DegradedSettings) {
     }
     let error_form = DegradedSettings { mode: DegradedMode::Error, ..settings.clone() };
     for (id, _, api) in overdue {
-        if hostcalls::set_effective_context(id).is_err() {
+        if abi::set_effective_context(id).is_err() {
             continue; // the stream is gone
         }
         let reason = DegradedReason::NoProviderAvailable;
         let resp = degraded_response(&error_form, api, None, false, reason, u64::from(id));
-        let headers = serialize_headers(&resp.headers);
-        // SAFETY: pointers and lengths of live buffers; the host copies them.
-        let status = unsafe {
-            send_local_response(
-                resp.status,
-                std::ptr::null(),
-                0,
-                resp.body.as_ptr(),
-                resp.body.len(),
-                headers.as_ptr(),
-                headers.len(),
-                -1,
-            )
-        };
-        if status == 0 {
+        let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if abi::send_local_response(resp.status, &headers, &resp.body, "llm_failover_degraded").is_ok() {
             super::metrics::counter(telemetry::degraded(reason.as_str()), 1);
-            let _ = hostcalls::set_property(vec!["llm_failover.degraded_reason"], Some(reason.as_str().as_bytes()));
+            let _ = abi::set_property(&["llm_failover.degraded_reason"], Some(reason.as_str().as_bytes()));
         }
     }
 }
 
-/// The proxy-wasm map encoding: count, (key length, value length) pairs, then each key and
-/// value followed by a NUL.
-fn serialize_headers(headers: &[(&str, String)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-    for (k, v) in headers {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in headers {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
-}

@@ -14,6 +14,8 @@ pub struct StreamMonitor {
     parser: SseParser,
     started: bool,
     stopped: bool,
+    /// The answer's content began (a content delta), or it ended without any (message_delta).
+    content: bool,
     error: Option<bool>,
     /// Input tokens come in `message_start`, the running output count in `message_delta`.
     usage: UsageScanner,
@@ -38,8 +40,15 @@ impl StreamMonitor {
                 self.started = true;
                 self.usage.feed(data);
             }
-            b"message_delta" => self.usage.feed(data),
-            b"message_stop" => self.stopped = true,
+            b"content_block_delta" => self.content = true,
+            b"message_delta" => {
+                self.content = true;
+                self.usage.feed(data);
+            }
+            b"message_stop" => {
+                self.content = true;
+                self.stopped = true;
+            }
             b"error" => {
                 let overloaded = contains(data, b"overloaded_error");
                 // Keep the first error's kind.
@@ -47,6 +56,16 @@ impl StreamMonitor {
             }
             _ => {}
         }
+    }
+
+    /// Has the answer's content begun (or the answer ended without any)?
+    pub fn content_started(&self) -> bool {
+        self.content
+    }
+
+    /// Has the terminal event (`message_stop`) arrived?
+    pub fn terminal_seen(&self) -> bool {
+        self.stopped
     }
 
     /// (input tokens, output tokens) reported by the stream so far.

@@ -44,11 +44,27 @@ impl StreamMonitor {
         }
     }
 
-    /// The verdict so far (final once the body has ended).
-    pub fn verdict(&self) -> StreamVerdict {
+    /// The verdict so far (final once the body has ended); `ended`: the body ended cleanly.
+    pub fn verdict(&self, ended: bool) -> StreamVerdict {
         match self {
             StreamMonitor::Anthropic(m) => m.verdict(),
-            StreamMonitor::OpenAi(m) => m.verdict(),
+            StreamMonitor::OpenAi(m) => m.verdict(ended),
+        }
+    }
+
+    /// Has the answer's content begun (a text or tool delta, or the answer's end)?
+    pub fn content_started(&self) -> bool {
+        match self {
+            StreamMonitor::Anthropic(m) => m.content_started(),
+            StreamMonitor::OpenAi(m) => m.content_started(),
+        }
+    }
+
+    /// Has the answer's terminal event arrived (what follows cannot change the answer)?
+    pub fn terminal_seen(&self) -> bool {
+        match self {
+            StreamMonitor::Anthropic(m) => m.terminal_seen(),
+            StreamMonitor::OpenAi(m) => m.terminal_seen(),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! `stream_options.include_usage` one more chunk with `choices: []` and `usage` comes before
 //! the final `data: [DONE]`. A failure inside a 200 stream arrives as `data: {"error": {...}}`.
 //!
-//! Verdicts: Complete = a non-null `finish_reason` was seen and `[DONE]` arrived; Error = a
+//! Verdicts: Complete = a non-null `finish_reason` was seen and `[DONE]` arrived, or the body
+//! ended cleanly after it (some compatible servers never send `[DONE]`); Error = a
 //! chunk with a non-null top-level `error` (overloaded when its type, code or message says
 //! "overloaded", e.g. `server_is_overloaded`, `overloaded_error`); otherwise Truncated.
 //! Data that is not JSON is skipped; data after `[DONE]` is ignored.
@@ -21,6 +22,8 @@ use serde_json::Value;
 #[derive(Debug, Default)]
 pub struct StreamMonitor {
     finished: bool,
+    /// A content or tool-call delta, or a finish, arrived.
+    content: bool,
     done: bool,
     /// The first error's kind: overloaded or not.
     error: Option<bool>,
@@ -31,16 +34,28 @@ pub struct StreamMonitor {
 /// The parts of a chunk the monitor reads; everything else is skipped unparsed.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Chunk {
-    choices: Option<Vec<Choice>>,
+struct Chunk<'a> {
+    #[serde(borrow)]
+    choices: Option<Vec<Choice<'a>>>,
     usage: Option<Usage>,
     error: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Choice {
+struct Choice<'a> {
     finish_reason: Option<serde::de::IgnoredAny>,
+    #[serde(borrow)]
+    delta: Option<Delta<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    tool_calls: Option<serde::de::IgnoredAny>,
+    refusal: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
@@ -69,8 +84,16 @@ impl StreamMonitor {
         if let Some(err) = chunk.error.filter(|e| !e.is_null()) {
             self.error.get_or_insert_with(|| error_says_overloaded(&err));
         }
-        if chunk.choices.iter().flatten().any(|c| c.finish_reason.is_some()) {
-            self.finished = true;
+        for c in chunk.choices.iter().flatten() {
+            if c.finish_reason.is_some() {
+                self.finished = true;
+                self.content = true;
+            }
+            if let Some(d) = &c.delta {
+                if d.content.as_ref().is_some_and(|t| !t.is_empty()) || d.tool_calls.is_some() || d.refusal.is_some() {
+                    self.content = true;
+                }
+            }
         }
         if let Some(u) = chunk.usage {
             self.prompt_tokens = u.prompt_tokens.or(self.prompt_tokens);
@@ -83,11 +106,23 @@ impl StreamMonitor {
         (self.prompt_tokens, self.completion_tokens)
     }
 
-    pub fn verdict(&self) -> StreamVerdict {
+    /// Has the answer's content begun (or the answer finished)?
+    pub fn content_started(&self) -> bool {
+        self.content
+    }
+
+    /// Has a choice finished (`finish_reason`)? The answer is complete from then on.
+    pub fn terminal_seen(&self) -> bool {
+        self.finished
+    }
+
+    /// The verdict so far; `ended`: the body has ended cleanly (a finish chunk followed by a
+    /// clean end is a complete answer even without `[DONE]`).
+    pub fn verdict(&self, ended: bool) -> StreamVerdict {
         if let Some(overloaded) = self.error {
             return StreamVerdict::Error { overloaded };
         }
-        if self.finished && self.done {
+        if self.finished && (self.done || ended) {
             return StreamVerdict::Complete;
         }
         StreamVerdict::Truncated
@@ -127,60 +162,78 @@ mod tests {
     #[test]
     fn complete_streams_and_usage() {
         let m = monitor(&[OK.as_bytes()]);
-        assert_eq!(m.verdict(), StreamVerdict::Complete);
+        assert_eq!(m.verdict(false), StreamVerdict::Complete);
         assert_eq!(m.usage(), (Some(9), Some(12)));
         let m = monitor(&[TOOL.as_bytes()]);
-        assert_eq!(m.verdict(), StreamVerdict::Complete);
+        assert_eq!(m.verdict(false), StreamVerdict::Complete);
         assert_eq!(m.usage(), (Some(120), Some(40)));
         // Split anywhere.
         let b = OK.as_bytes();
         for i in 0..b.len() {
-            assert_eq!(monitor(&[&b[..i], &b[i..]]).verdict(), StreamVerdict::Complete, "split at {i}");
+            assert_eq!(monitor(&[&b[..i], &b[i..]]).verdict(false), StreamVerdict::Complete, "split at {i}");
         }
         // Without the usage chunk.
         let no_usage: String =
             OK.split("\n\n").filter(|e| !e.contains("\"choices\":[]")).collect::<Vec<_>>().join("\n\n");
         let m = monitor(&[no_usage.as_bytes()]);
-        assert_eq!(m.verdict(), StreamVerdict::Complete);
+        assert_eq!(m.verdict(false), StreamVerdict::Complete);
         assert_eq!(m.usage(), (None, None));
     }
 
     #[test]
     fn error_chunks() {
-        assert_eq!(monitor(&[ERR.as_bytes()]).verdict(), StreamVerdict::Error { overloaded: true });
+        assert_eq!(monitor(&[ERR.as_bytes()]).verdict(false), StreamVerdict::Error { overloaded: true });
         let e = b"data: {\"error\":{\"message\":\"The model produced invalid content.\",\"type\":\"model_error\",\"param\":null,\"code\":null}}\n\n";
-        assert_eq!(monitor(&[e]).verdict(), StreamVerdict::Error { overloaded: false });
+        assert_eq!(monitor(&[e]).verdict(false), StreamVerdict::Error { overloaded: false });
         let e = b"data: {\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
-        assert_eq!(monitor(&[e]).verdict(), StreamVerdict::Error { overloaded: true });
+        assert_eq!(monitor(&[e]).verdict(false), StreamVerdict::Error { overloaded: true });
         let e = b"data: {\"error\":\"Server Overloaded\"}\n\n";
-        assert_eq!(monitor(&[e]).verdict(), StreamVerdict::Error { overloaded: true });
+        assert_eq!(monitor(&[e]).verdict(false), StreamVerdict::Error { overloaded: true });
         // The first error's kind is kept; a later [DONE] does not make it complete.
         let both = [&e[..], b"data: {\"error\":{\"type\":\"x\"}}\n\n", OK.as_bytes()].concat();
-        assert_eq!(monitor(&[&both]).verdict(), StreamVerdict::Error { overloaded: true });
+        assert_eq!(monitor(&[&both]).verdict(false), StreamVerdict::Error { overloaded: true });
         // "error": null is not an error.
         let ok_null = OK.replace("\"usage\":null}", "\"usage\":null,\"error\":null}");
-        assert_eq!(monitor(&[ok_null.as_bytes()]).verdict(), StreamVerdict::Complete);
+        assert_eq!(monitor(&[ok_null.as_bytes()]).verdict(false), StreamVerdict::Complete);
     }
 
     #[test]
     fn truncated_streams() {
         let done = OK.find("data: [DONE]").unwrap();
         for cut in 0..done {
-            assert_eq!(monitor(&[&OK.as_bytes()[..cut]]).verdict(), StreamVerdict::Truncated, "cut at {cut}");
+            assert_eq!(monitor(&[&OK.as_bytes()[..cut]]).verdict(false), StreamVerdict::Truncated, "cut at {cut}");
         }
         // [DONE] without any finish_reason.
         let s = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n";
-        assert_eq!(monitor(&[s.as_bytes()]).verdict(), StreamVerdict::Truncated);
-        // finish_reason without [DONE].
+        assert_eq!(monitor(&[s.as_bytes()]).verdict(false), StreamVerdict::Truncated);
+        // finish_reason without [DONE]: truncated while the body may still come, complete once it
+        // has ended cleanly.
         let s = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
-        assert_eq!(monitor(&[s.as_bytes()]).verdict(), StreamVerdict::Truncated);
-        assert_eq!(monitor(&[b"garbage\x00\x01\n\ndata: {{{\n\n"]).verdict(), StreamVerdict::Truncated);
-        assert_eq!(monitor(&[]).verdict(), StreamVerdict::Truncated);
+        assert_eq!(monitor(&[s.as_bytes()]).verdict(false), StreamVerdict::Truncated);
+        assert_eq!(monitor(&[s.as_bytes()]).verdict(true), StreamVerdict::Complete);
+        // A clean end without any finish is still truncated.
+        let s = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n";
+        assert_eq!(monitor(&[s.as_bytes()]).verdict(true), StreamVerdict::Truncated);
+        assert_eq!(monitor(&[b"garbage\x00\x01\n\ndata: {{{\n\n"]).verdict(false), StreamVerdict::Truncated);
+        assert_eq!(monitor(&[]).verdict(false), StreamVerdict::Truncated);
+    }
+
+    #[test]
+    fn content_starts_with_the_first_delta_not_the_role_chunk() {
+        let role = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
+        let m = monitor(&[role.as_bytes()]);
+        assert!(!m.content_started());
+        let text = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi \\\"there\\\"\"},\"finish_reason\":null}]}\n\n";
+        assert!(monitor(&[role.as_bytes(), text.as_bytes()]).content_started());
+        let tool = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}}]},\"finish_reason\":null}]}\n\n";
+        assert!(monitor(&[tool.as_bytes()]).content_started());
+        let m = monitor(&[TOOL.as_bytes()]);
+        assert!(m.content_started() && m.terminal_seen());
     }
 
     #[test]
     fn finish_reason_content_does_not_matter_and_garbage_is_skipped() {
         let s = "data: not json\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"finish_reason\"},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\ndata: {\"error\":{\"type\":\"late\"}}\n\n";
-        assert_eq!(monitor(&[s.as_bytes()]).verdict(), StreamVerdict::Complete);
+        assert_eq!(monitor(&[s.as_bytes()]).verdict(false), StreamVerdict::Complete);
     }
 }

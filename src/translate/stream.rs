@@ -992,7 +992,7 @@ mod tests {
         let mut m = crate::providers::openai::StreamMonitor::new();
         let mut p = SseParser::new();
         p.feed(sse, &mut |_, d| m.on_data(d));
-        m.verdict()
+        m.verdict(false)
     }
 
     fn anthropic_verdict(sse: &[u8]) -> StreamVerdict {

@@ -1,0 +1,620 @@
+//! The raw proxy-wasm ABI 0.2.1 imports from the host (`env` module), each wrapped in a function
+//! that returns the host's status instead of panicking.
+//!
+//! The SDK's `proxy_wasm::hostcalls` functions `panic!` on any status they do not expect, and a
+//! panic aborts the Wasm VM for every request on the worker. This module owns the
+//! `extern "C"` declarations, the (de)serialization of header maps and property paths, and the
+//! ownership of buffers the host returns: the host allocates them through the module's exported
+//! `proxy_on_memory_allocate` (from the SDK, a boxed `[u8]` of exactly the requested size), so
+//! they are taken back with `Vec::from_raw_parts(ptr, len, len)`, as the SDK does.
+//!
+//! Every import is declared returning `u32`, not the SDK's `Status` enum: a host status outside
+//! that enum (the ABI also has `BadExpression`, `InvalidMemoryAccess`, `Unimplemented`, ...)
+//! would be undefined behaviour as an enum, and here maps to [`Status::InternalFailure`].
+//!
+//! Presence: a call the host answers `Ok` yields `Some` (an empty value comes back as a null
+//! pointer and becomes `Some(vec![])`); only `NotFound` yields `None`.
+
+#![allow(dead_code)]
+
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
+pub use proxy_wasm::types::Status;
+use std::ptr::{null, null_mut};
+
+/// The result of a host call: the host's status on failure.
+pub type Result<T> = std::result::Result<T, Status>;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
+
+    fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
+
+    fn proxy_set_header_map_pairs(map_type: u32, map_data: *const u8, map_size: usize) -> u32;
+
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+
+    fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
+
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+
+    fn proxy_close_stream(stream_type: u32) -> u32;
+
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
+
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging and time
+// ---------------------------------------------------------------------------------------------
+
+/// Writes `message` to the host log at `level` (the `log` crate's macros go through the SDK).
+pub fn log(level: LogLevel, message: &str) -> Result<()> {
+    // SAFETY: pointer and length of a live string; the host copies it during the call.
+    check(unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) })
+}
+
+/// Nanoseconds since the Unix epoch, from the host clock.
+pub fn get_current_time_ns() -> Result<u64> {
+    let mut ns: u64 = 0;
+    // SAFETY: `ns` is a live, writable u64 for the duration of the call.
+    check(unsafe { proxy_get_current_time_nanoseconds(&mut ns) })?;
+    Ok(ns)
+}
+
+/// Sets the root context's tick period in milliseconds (0 stops the ticks).
+pub fn set_tick_period_ms(ms: u32) -> Result<()> {
+    // SAFETY: plain value argument.
+    check(unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header maps
+// ---------------------------------------------------------------------------------------------
+
+/// All pairs of a header map in one host call; keys lossily UTF-8, values as bytes.
+pub fn get_map(map: MapType) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `data` and `size` are live, writable out-parameters for the duration of the call.
+    check(unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) })?;
+    // SAFETY: on Ok the host filled `data`/`size` with null or a buffer it allocated through
+    // `proxy_on_memory_allocate(size)`, which this module now owns.
+    let serialized = unsafe { take_host_buffer(data, size) };
+    deserialize_map(&serialized)
+}
+
+/// The value of header `key`; `None` when the map has no such header.
+pub fn get_map_value(map: MapType, key: &str) -> Result<Option<Vec<u8>>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `key` is a live string the host reads during the call; `data` and `size` are live,
+    // writable out-parameters.
+    let code = unsafe { proxy_get_header_map_value(map as u32, key.as_ptr(), key.len(), &mut data, &mut size) };
+    // SAFETY: as in `get_map`: on Ok `data` is null or a host allocation of `size` bytes.
+    optional(code, || unsafe { take_host_buffer(data, size) })
+}
+
+/// Sets header `key` to `value` (replacing all its values), or removes it when `value` is `None`.
+pub fn set_map_value(map: MapType, key: &str, value: Option<&[u8]>) -> Result<()> {
+    let code = match value {
+        // SAFETY: pointers and lengths of live slices; the host copies them during the call.
+        Some(v) => unsafe { proxy_replace_header_map_value(map as u32, key.as_ptr(), key.len(), v.as_ptr(), v.len()) },
+        // SAFETY: pointer and length of a live string; the host copies it during the call.
+        None => unsafe { proxy_remove_header_map_value(map as u32, key.as_ptr(), key.len()) },
+    };
+    check(code)
+}
+
+/// Adds one more value for header `key`, keeping any it already has.
+pub fn add_map_value(map: MapType, key: &str, value: &[u8]) -> Result<()> {
+    // SAFETY: pointers and lengths of live slices; the host copies them during the call.
+    check(unsafe { proxy_add_header_map_value(map as u32, key.as_ptr(), key.len(), value.as_ptr(), value.len()) })
+}
+
+/// Replaces the whole header map with `pairs`.
+pub fn replace_map(map: MapType, pairs: &[(&str, &[u8])]) -> Result<()> {
+    let serialized = serialize_map(pairs)?;
+    // SAFETY: pointer and length of a live buffer; the host copies it during the call.
+    check(unsafe { proxy_set_header_map_pairs(map as u32, serialized.as_ptr(), serialized.len()) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffers
+// ---------------------------------------------------------------------------------------------
+
+/// Up to `max_size` bytes of a buffer from `start`; `None` when the host has no such buffer.
+pub fn get_buffer(buffer_type: BufferType, start: usize, max_size: usize) -> Result<Option<Vec<u8>>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `data` and `size` are live, writable out-parameters for the duration of the call.
+    let code = unsafe { proxy_get_buffer_bytes(buffer_type as u32, start, max_size, &mut data, &mut size) };
+    // SAFETY: as in `get_map`: on Ok `data` is null or a host allocation of `size` bytes.
+    optional(code, || unsafe { take_host_buffer(data, size) })
+}
+
+/// Replaces `size` bytes of a buffer from `start` with `value`.
+pub fn set_buffer(buffer_type: BufferType, start: usize, size: usize, value: &[u8]) -> Result<()> {
+    // SAFETY: pointer and length of a live slice; the host copies it during the call.
+    check(unsafe { proxy_set_buffer_bytes(buffer_type as u32, start, size, value.as_ptr(), value.len()) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+/// The value of the property at `path`; `None` when the host has no such property.
+pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>> {
+    let serialized = serialize_path(path);
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `serialized` is a live buffer the host reads during the call; `data` and `size`
+    // are live, writable out-parameters.
+    let code = unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size) };
+    // SAFETY: as in `get_map`: on Ok `data` is null or a host allocation of `size` bytes.
+    optional(code, || unsafe { take_host_buffer(data, size) })
+}
+
+/// Sets the property at `path` to `value` (`None` passes no value, as the SDK does).
+pub fn set_property(path: &[&str], value: Option<&[u8]>) -> Result<()> {
+    let serialized = serialize_path(path);
+    let (value_ptr, value_len) = value.map_or((null(), 0), |v| (v.as_ptr(), v.len()));
+    // SAFETY: pointers and lengths of live buffers (or null with length 0); the host copies them.
+    check(unsafe { proxy_set_property(serialized.as_ptr(), serialized.len(), value_ptr, value_len) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams and contexts
+// ---------------------------------------------------------------------------------------------
+
+/// Sends a local reply instead of the upstream's (gRPC status -1: a plain HTTP reply).
+pub fn send_local_response(status_code: u32, headers: &[(&str, &str)], body: &[u8], details: &str) -> Result<()> {
+    let serialized = serialize_map(headers)?;
+    let (details_ptr, details_len) = if details.is_empty() { (null(), 0) } else { (details.as_ptr(), details.len()) };
+    // SAFETY: pointers and lengths of live buffers (or null with length 0); the host copies them.
+    check(unsafe {
+        proxy_send_local_response(
+            status_code,
+            details_ptr,
+            details_len,
+            body.as_ptr(),
+            body.len(),
+            serialized.as_ptr(),
+            serialized.len(),
+            -1,
+        )
+    })
+}
+
+/// Resumes a stream paused by the filter.
+pub fn continue_stream(stream: StreamType) -> Result<()> {
+    // SAFETY: plain value argument.
+    check(unsafe { proxy_continue_stream(stream as u32) })
+}
+
+/// Closes (resets) a stream.
+pub fn close_stream(stream: StreamType) -> Result<()> {
+    // SAFETY: plain value argument.
+    check(unsafe { proxy_close_stream(stream as u32) })
+}
+
+/// Makes `context_id` the context later host calls act on (e.g. from the root's tick).
+pub fn set_effective_context(context_id: u32) -> Result<()> {
+    // SAFETY: plain value argument.
+    check(unsafe { proxy_set_effective_context(context_id) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared data
+// ---------------------------------------------------------------------------------------------
+
+/// The shared value under `key` and its CAS token; `(None, None)` when there is none.
+pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>)> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    // SAFETY: `key` is a live string the host reads during the call; `data`, `size` and `cas`
+    // are live, writable out-parameters.
+    let code = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    match code {
+        OK => {
+            // SAFETY: as in `get_map`: on Ok `data` is null or a host allocation of `size` bytes.
+            let value = unsafe { take_host_buffer(data, size) };
+            Ok((Some(value), (cas != 0).then_some(cas)))
+        }
+        NOT_FOUND => Ok((None, None)),
+        other => Err(status_from_code(other)),
+    }
+}
+
+/// Stores `value` under `key`; with `cas`, only if unchanged since read (else `CasMismatch`).
+pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<()> {
+    // SAFETY: pointers and lengths of live slices; the host copies them during the call.
+    check(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+/// Defines (or finds) the metric `name` of `kind`; returns its id.
+pub fn define_metric(kind: MetricType, name: &str) -> Result<u32> {
+    let mut id: u32 = 0;
+    // SAFETY: `name` is a live string the host reads during the call; `id` is a live, writable
+    // out-parameter.
+    check(unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+/// Adds `offset` (may be negative, for gauges) to metric `id`.
+pub fn increment_metric(id: u32, offset: i64) -> Result<()> {
+    // SAFETY: plain value arguments.
+    check(unsafe { proxy_increment_metric(id, offset) })
+}
+
+/// Sets a gauge or records a histogram sample for metric `id`.
+pub fn record_metric(id: u32, value: u64) -> Result<()> {
+    // SAFETY: plain value arguments.
+    check(unsafe { proxy_record_metric(id, value) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Foreign functions and HTTP calls
+// ---------------------------------------------------------------------------------------------
+
+/// Calls the host's foreign function `name` (e.g. Envoy's `clear_route_cache`) with `args`.
+pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>> {
+    let (args_ptr, args_len) = if args.is_empty() { (null(), 0) } else { (args.as_ptr(), args.len()) };
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `name` and `args` are live buffers (or null with length 0) the host reads during
+    // the call; `data` and `size` are live, writable out-parameters.
+    let code =
+        unsafe { proxy_call_foreign_function(name.as_ptr(), name.len(), args_ptr, args_len, &mut data, &mut size) };
+    match code {
+        // SAFETY: as in `get_map`: on Ok `data` is null or a host allocation of `size` bytes.
+        OK => Ok(Some(unsafe { take_host_buffer(data, size) })),
+        // A missing function is an error here, not an absent value.
+        other => Err(status_from_code(other)),
+    }
+}
+
+/// Dispatches an HTTP call to cluster `upstream`; returns its token.
+///
+/// The one function that goes through the SDK (`proxy_wasm::hostcalls::dispatch_http_call`):
+/// the SDK's exported `proxy_on_http_call_response` looks the token up in its dispatcher and
+/// panics on one it did not register, and only the SDK's own call registers it. The SDK panics
+/// on a status other than Ok, BadArgument and InternalFailure (the statuses Envoy returns).
+pub fn dispatch_http_call(
+    upstream: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    trailers: &[(&str, &str)],
+    timeout_ms: u32,
+) -> Result<u32> {
+    let body = (!body.is_empty()).then_some(body);
+    let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+    proxy_wasm::hostcalls::dispatch_http_call(upstream, headers.to_vec(), body, trailers.to_vec(), timeout)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status codes and host buffers
+// ---------------------------------------------------------------------------------------------
+
+/// The ABI's `Ok` status code.
+const OK: u32 = 0;
+/// The ABI's `NotFound` status code.
+const NOT_FOUND: u32 = 1;
+
+/// The SDK `Status` for an ABI status code; codes the SDK has no variant for are `InternalFailure`.
+fn status_from_code(code: u32) -> Status {
+    match code {
+        0 => Status::Ok,
+        1 => Status::NotFound,
+        2 => Status::BadArgument,
+        3 => Status::SerializationFailure,
+        4 => Status::ParseFailure,
+        7 => Status::Empty,
+        8 => Status::CasMismatch,
+        _ => Status::InternalFailure,
+    }
+}
+
+/// `Ok(())` for the ABI's Ok, else the status as an error.
+fn check(code: u32) -> Result<()> {
+    match code {
+        OK => Ok(()),
+        other => Err(status_from_code(other)),
+    }
+}
+
+/// `Some(take())` for Ok, `None` for NotFound, else the status as an error.
+fn optional(code: u32, take: impl FnOnce() -> Vec<u8>) -> Result<Option<Vec<u8>>> {
+    match code {
+        OK => Ok(Some(take())),
+        NOT_FOUND => Ok(None),
+        other => Err(status_from_code(other)),
+    }
+}
+
+/// Takes ownership of a buffer the host returned (empty for a null pointer).
+///
+/// # Safety
+/// `ptr` must be null, or a pointer the host obtained from this module's exported
+/// `proxy_on_memory_allocate(len)` (a `[u8]` allocation of exactly `len` bytes) and handed over
+/// to the module, not owned by anything else.
+unsafe fn take_host_buffer(ptr: *mut u8, len: usize) -> Vec<u8> {
+    if ptr.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: by the caller's contract `ptr` is a live allocation from the global allocator with
+    // the layout of `[u8; len]`, fully written by the host, and owned by no one else.
+    unsafe { Vec::from_raw_parts(ptr, len, len) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serialization (pure; the same formats as the SDK's `hostcalls::utils`)
+// ---------------------------------------------------------------------------------------------
+
+/// Encodes pairs as a proxy-wasm map: count (u32 LE), (key length, value length) per pair (u32
+/// LE each), then each key and each value followed by a NUL. `BadArgument` if a length overflows.
+pub fn serialize_map<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Result<Vec<u8>> {
+    let mut size: usize = 4;
+    for (k, v) in pairs {
+        size = size
+            .checked_add(k.as_ref().len())
+            .and_then(|s| s.checked_add(v.as_ref().len()))
+            .and_then(|s| s.checked_add(10))
+            .ok_or(Status::BadArgument)?;
+    }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&len_u32(pairs.len())?.to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&len_u32(k.as_ref().len())?.to_le_bytes());
+        out.extend_from_slice(&len_u32(v.as_ref().len())?.to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_ref());
+        out.push(0);
+        out.extend_from_slice(v.as_ref());
+        out.push(0);
+    }
+    Ok(out)
+}
+
+/// Decodes a proxy-wasm map (empty input is an empty map). Keys are converted lossily from
+/// UTF-8, values kept as bytes; a buffer too short for its own lengths is `ParseFailure`.
+pub fn deserialize_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = read_len(bytes, 0)?;
+    // The length table must fit before anything is reserved for `count` pairs.
+    let mut p = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(Status::ParseFailure)?;
+    if p > bytes.len() {
+        return Err(Status::ParseFailure);
+    }
+    let mut map = Vec::with_capacity(count);
+    for n in 0..count {
+        let entry = n.checked_mul(8).and_then(|e| e.checked_add(4)).ok_or(Status::ParseFailure)?;
+        let key_len = read_len(bytes, entry)?;
+        let value_len = read_len(bytes, entry.checked_add(4).ok_or(Status::ParseFailure)?)?;
+        let key = sub(bytes, p, key_len)?;
+        // Skip the key's NUL; the last value's NUL may be missing without harm.
+        p = p.saturating_add(key_len).saturating_add(1);
+        let value = sub(bytes, p, value_len)?;
+        p = p.saturating_add(value_len).saturating_add(1);
+        map.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+    }
+    Ok(map)
+}
+
+/// Encodes a property path as the SDK does: the segments joined by NUL (no trailing NUL), e.g.
+/// `["request", "path"]` is `b"request\0path"`; an empty path is empty.
+pub fn serialize_path(path: &[&str]) -> Vec<u8> {
+    let size = path.iter().fold(0usize, |n, s| n.saturating_add(s.len()).saturating_add(1));
+    let mut out = Vec::with_capacity(size);
+    for (i, segment) in path.iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(segment.as_bytes());
+    }
+    out
+}
+
+/// A length as the u32 of the wire format.
+fn len_u32(len: usize) -> Result<u32> {
+    u32::try_from(len).map_err(|_| Status::BadArgument)
+}
+
+/// The u32 LE at `at`, as a length.
+fn read_len(bytes: &[u8], at: usize) -> Result<usize> {
+    let raw = sub(bytes, at, 4)?;
+    let arr: [u8; 4] = raw.try_into().map_err(|_| Status::ParseFailure)?;
+    usize::try_from(u32::from_le_bytes(arr)).map_err(|_| Status::ParseFailure)
+}
+
+/// `bytes[at..at + len]`, or `ParseFailure` if out of range.
+fn sub(bytes: &[u8], at: usize, len: usize) -> Result<&[u8]> {
+    let end = at.checked_add(len).ok_or(Status::ParseFailure)?;
+    bytes.get(at..end).ok_or(Status::ParseFailure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SDK's test map, in its serialized form.
+    const MAP: &[(&str, &str)] =
+        &[(":method", "GET"), (":path", "/bytes/1"), (":authority", "httpbin.org"), ("Powered-By", "proxy-wasm")];
+
+    fn expected_map_bytes() -> Vec<u8> {
+        let mut v = vec![4, 0, 0, 0];
+        v.extend_from_slice(&[7, 0, 0, 0, 3, 0, 0, 0]);
+        v.extend_from_slice(&[5, 0, 0, 0, 8, 0, 0, 0]);
+        v.extend_from_slice(&[10, 0, 0, 0, 11, 0, 0, 0]);
+        v.extend_from_slice(&[10, 0, 0, 0, 10, 0, 0, 0]);
+        v.extend_from_slice(b":method\0GET\0:path\0/bytes/1\0:authority\0httpbin.org\0Powered-By\0proxy-wasm\0");
+        v
+    }
+
+    #[test]
+    fn serializes_like_the_sdk() {
+        assert_eq!(serialize_map(MAP), Ok(expected_map_bytes()));
+        let empty: &[(&str, &str)] = &[];
+        assert_eq!(serialize_map(empty), Ok(vec![0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn deserializes_like_the_sdk() {
+        let map = deserialize_map(&expected_map_bytes()).unwrap();
+        let want: Vec<(String, Vec<u8>)> = MAP.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+        assert_eq!(map, want);
+        assert_eq!(deserialize_map(&[]), Ok(vec![]));
+        assert_eq!(deserialize_map(&[0, 0, 0, 0]), Ok(vec![]));
+    }
+
+    #[test]
+    fn round_trips_bytes_values() {
+        for i in 0..=255u8 {
+            let pairs: Vec<(&str, Vec<u8>)> = vec![("c", vec![i]), ("", vec![]), ("k", vec![0, i, 0])];
+            let bytes = serialize_map(&pairs).unwrap();
+            let back = deserialize_map(&bytes).unwrap();
+            let want: Vec<(String, Vec<u8>)> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            assert_eq!(back, want);
+        }
+    }
+
+    #[test]
+    fn non_utf8_key_is_lossy() {
+        let bytes = serialize_map(&[(&[0xffu8, b'a'][..], &b"v"[..])]).unwrap();
+        assert_eq!(deserialize_map(&bytes), Ok(vec![("\u{fffd}a".to_string(), b"v".to_vec())]));
+    }
+
+    #[test]
+    fn malformed_is_parse_failure() {
+        let good = expected_map_bytes();
+        // Every truncation that cuts into a key or value (or the table) fails, none panics.
+        for cut in 1..good.len() - 1 {
+            assert_eq!(deserialize_map(&good[..cut]), Err(Status::ParseFailure), "cut at {cut}");
+        }
+        // The final NUL may be missing.
+        assert!(deserialize_map(&good[..good.len() - 1]).is_ok());
+        // A count far beyond the buffer.
+        assert_eq!(deserialize_map(&[0xff, 0xff, 0xff, 0xff]), Err(Status::ParseFailure));
+        assert_eq!(deserialize_map(&[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]), Err(Status::ParseFailure));
+        assert_eq!(deserialize_map(&[1, 0]), Err(Status::ParseFailure));
+    }
+
+    #[test]
+    fn path_is_nul_separated() {
+        assert_eq!(serialize_path(&[]), Vec::<u8>::new());
+        assert_eq!(serialize_path(&["request"]), b"request".to_vec());
+        assert_eq!(serialize_path(&["request", "path"]), b"request\0path".to_vec());
+        assert_eq!(serialize_path(&["a", "", "b"]), b"a\0\0b".to_vec());
+    }
+
+    #[test]
+    fn unknown_status_codes_are_internal_failure() {
+        assert_eq!(check(0), Ok(()));
+        assert_eq!(check(8), Err(Status::CasMismatch));
+        for code in [5, 6, 9, 10, 11, 12, 99] {
+            assert_eq!(check(code), Err(Status::InternalFailure));
+        }
+        assert_eq!(optional(1, Vec::new), Ok(None));
+        assert_eq!(optional(0, Vec::new), Ok(Some(vec![])));
+    }
+}

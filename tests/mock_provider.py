@@ -58,9 +58,51 @@ only then the fault applies. Strict checks per API:
                with `model` optional.
 
 Fault modes: none, 500, 529, 429, 503, 400, 401, 403, 404, 413, hang, reset, stream_error,
-truncate, slow_first_byte, garbage. Params: count, retry_after, hang_ms, delay_ms, chunk_delay_ms,
-exception (bedrock stream_error exception type), frame_split (bedrock). Each API answers a fault in
-its own error shape; 529 is an Anthropic status (anthropic, vertex): the others answer 503.
+truncate, slow_first_byte, garbage, slow_first_token, stall, late_end, no_done, error_first,
+html_error, truncate_after. Params: count, retry_after, hang_ms, delay_ms, chunk_delay_ms,
+after_deltas, status, exception (bedrock stream_error / error_first exception type), frame_split
+(bedrock). Each API answers a fault in its own error shape; 529 is an Anthropic status (anthropic,
+vertex): the others answer 503. `count` N: the fault applies to the next N API requests, then
+reverts to none.
+
+The stream modes below speak each API's wire format: Anthropic SSE (anthropic, vertex), event-stream
+frames (bedrock: the same Anthropic events, one `chunk` frame each), chat.completion.chunk SSE
+(openai, azure). A stream's *preamble* is what comes before its first content delta: message_start,
+content_block_start, ping (anthropic, vertex, bedrock); the chunk with delta.role "assistant"
+(openai, azure). Its *content deltas* are the content_block_delta events (text_delta, or
+input_json_delta for a tool answer), resp. the chunks between the role chunk and the finish_reason
+chunk (text pieces, or for a tool answer the tool_calls chunk naming the tool, then the argument
+pieces). The waits of slow_first_token, late_end and a streamed stall end early (the handler stops
+quietly, leaving the body unterminated) when the client disconnects or the server shuts down.
+`chunk_delay_ms` and (bedrock) `frame_split` apply to these streams as to normal ones.
+    slow_first_token  delay_ms (2000). Stream: 200 and the preamble at once, delay_ms of silence,
+                      then the rest of the normal stream (first content delta onward) to its normal
+                      end. Non-stream: delay_ms before anything, then the normal JSON answer.
+    stall             after_deltas (3), hang_ms (60000). Stream: the stream through its
+                      after_deltas-th content delta, then nothing for hang_ms (connection open),
+                      then the connection closes without the chunked terminator or terminal event.
+                      The answer is made longer so that deltas always remain unsent ("Hello from
+                      <name>" becomes "Hello", " from", " <name>", ",", " streaming", " slowly",
+                      "." and more pieces if needed; tool arguments are split finer / prefixed with
+                      whitespace). Non-stream: like hang.
+    late_end          delay_ms (300). Stream: the complete normal stream, terminal event included
+                      (message_stop; data: [DONE]; bedrock's last chunk frame with the invocation
+                      metrics), then delay_ms before the chunked terminator. Non-stream: the whole
+                      JSON answer as one chunk of a chunked body, delay_ms, then the terminator.
+    no_done           openai, azure stream: the normal stream (finish_reason chunk, and the usage
+                      chunk with stream_options.include_usage) without `data: [DONE]`, then a
+                      clean end. Otherwise (other APIs, non-stream): like none.
+    error_first       Stream: 200, then as the first and only event an error (anthropic/vertex:
+                      `event: error` overloaded_error; openai/azure: `data: {"error": {"message":
+                      "The server is overloaded", "type": "server_error", ...}}`; bedrock: an
+                      exception frame, `exception` (default throttlingException)), then a clean
+                      end. Non-stream: like stream_error (529 anthropic/vertex, 503 the others).
+    html_error        status (502; 400-599). That status with content-type text/html and a small
+                      load-balancer error page (no provider headers), stream or not.
+    truncate_after    after_deltas (2). Stream: the stream through its after_deltas-th content
+                      delta, then a clean end of the body (chunked terminator, whole frames) with no
+                      terminal event; when the answer has no more than after_deltas deltas it is
+                      made longer as for stall. Non-stream: like truncate.
 
 The answer is always "Hello from <name>" (pieces "Hello", " from", " <name>"), 12 input / 5 output
 tokens; a request declaring tools whose last turn is a plain user message gets a call to the first
@@ -90,6 +132,7 @@ import json
 import os
 import random
 import re
+import selectors
 import socket
 import struct
 import sys
@@ -99,6 +142,7 @@ import urllib.parse
 import uuid
 import zlib
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 APIS = ("anthropic", "vertex", "bedrock", "openai", "azure")
@@ -120,6 +164,13 @@ VALID_MODES = (
     "truncate",
     "slow_first_byte",
     "garbage",
+    "slow_first_token",
+    "stall",
+    "late_end",
+    "no_done",
+    "error_first",
+    "html_error",
+    "truncate_after",
 )
 
 # Numeric fault params: name -> (default, allow_null)
@@ -129,7 +180,32 @@ _NUMERIC_PARAMS = {
     "hang_ms": (60000, False),
     "delay_ms": (2000, False),
     "chunk_delay_ms": (0, False),
+    "after_deltas": (3, False),  # a non-negative integer
+    "status": (502, False),  # an integer in [400, 599]
 }
+
+# Defaults that depend on the mode: (mode, param) -> default.
+_MODE_DEFAULTS = {
+    ("slow_first_token", "delay_ms"): 2000,
+    ("late_end", "delay_ms"): 300,
+    ("stall", "after_deltas"): 3,
+    ("stall", "hang_ms"): 60000,
+    ("truncate_after", "after_deltas"): 2,
+    ("html_error", "status"): 502,
+}
+
+
+def fault_param(fault: dict, key: str):
+    """A numeric param of a fault, or its default for the fault's mode."""
+    val = fault.get(key)
+    if val is None:
+        return _MODE_DEFAULTS.get((fault.get("mode"), key), _NUMERIC_PARAMS[key][0])
+    return val
+
+
+# The longer answer of `stall` (and of `truncate_after` when the answer is too short), then filler.
+LONG_HELLO = ["Hello", " from", " {name}", ",", " streaming", " slowly", "."]
+LONG_FILLER = [" Still", " streaming", "."]
 
 FRAME_SPLITS = ("mixed", "aligned", "tiny")
 
@@ -300,6 +376,14 @@ def validate_fault(data) -> dict:
         if key == "count":
             if int(val) != val or val < 1:
                 raise ValueError("'count' must be a positive integer")
+            out[key] = int(val)
+        if key == "after_deltas":
+            if int(val) != val:
+                raise ValueError("'after_deltas' must be a non-negative integer")
+            out[key] = int(val)
+        if key == "status":
+            if int(val) != val or not 400 <= val <= 599:
+                raise ValueError("'status' must be an integer in [400, 599]")
             out[key] = int(val)
     if "exception" in out and out["exception"] not in BEDROCK_STREAM_EXCEPTIONS:
         raise ValueError(f"invalid exception {out['exception']!r}; valid: {', '.join(BEDROCK_STREAM_EXCEPTIONS)}")
@@ -596,6 +680,20 @@ def openai_chunks(model, plan: Plan, include_usage: bool = False, partial: bool 
 
 def sse_data(obj) -> bytes:
     return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+def status_reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def html_error_page(status: int) -> bytes:
+    """A load balancer's error page (nginx style)."""
+    title = f"{status} {status_reason(status)}"
+    return (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+            "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n").encode()
 
 
 # ---- request validation ----------------------------------------------------------------------
@@ -1539,6 +1637,144 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             return split_frames(frames, self._frame_split(fault))
         return [sse_event(n, d) for n, d in anthropic_events(call.model, self.plan(body), self._id_prefix(), partial)]
 
+    def stream_units(self, call: Call, body, plan: Plan | None = None) -> tuple[list[bytes], int, int]:
+        """The normal stream of an answer as units (one SSE event, OpenAI chunk or event-stream
+        frame each, `data: [DONE]` included), how many units precede the first content delta (the
+        preamble), and how many content deltas follow it. Same bytes as stream_chunks (before the
+        Bedrock frames are mapped onto HTTP chunks, see units_to_chunks)."""
+        plan = plan or self.plan(body)
+        if self.api in ("openai", "azure"):
+            so = body.get("stream_options") if isinstance(body, dict) else None
+            usage = isinstance(so, dict) and so.get("include_usage") is True
+            units = [sse_data(c) for c in openai_chunks(call.model, plan, usage)] + [b"data: [DONE]\n\n"]
+            deltas = len(plan.pieces) if plan.kind == "text" else 1 + len(plan.args_pieces)
+            return units, 1, deltas
+        events = anthropic_events(call.model, plan, self._id_prefix())
+        pre = [n for n, _ in events].index("content_block_delta")
+        deltas = sum(1 for n, _ in events if n == "content_block_delta")
+        if self.api == "bedrock":
+            datas = [d for _, d in events]
+            datas[-1]["amazon-bedrock-invocationMetrics"] = {
+                "inputTokenCount": INPUT_TOKENS, "outputTokenCount": OUTPUT_TOKENS,
+                "invocationLatency": 321, "firstByteLatency": 123,
+            }
+            return [bedrock_chunk_frame(e, i) for i, e in enumerate(datas)], pre, deltas
+        return [sse_event(n, d) for n, d in events], pre, deltas
+
+    def units_to_chunks(self, units: list[bytes], fault: dict) -> list[bytes]:
+        """HTTP chunks carrying `units`: Bedrock frames as frame_split says, else one chunk each."""
+        if self.api == "bedrock":
+            return split_frames(units, self._frame_split(fault)) if units else []
+        return list(units)
+
+    def plan_past(self, body, n: int, long_hello: bool) -> Plan:
+        """The answer, with more than `n` content deltas (lengthened if needed; `long_hello`: the
+        plain hello answer always becomes LONG_HELLO)."""
+        plan = self.plan(body)
+        name = self.server.name
+        if plan.kind == "text":
+            pieces = list(plan.pieces)
+            if pieces == ["Hello", " from", " " + name] and (long_hello or len(pieces) <= n):
+                pieces = [p.format(name=name) for p in LONG_HELLO]
+            i = 0
+            while len(pieces) <= n:
+                pieces.append(LONG_FILLER[i % len(LONG_FILLER)])
+                i += 1
+            return Plan("text", pieces)
+        fixed = 1 if self.api in ("openai", "azure") else 0  # the tool_calls chunk naming the tool
+        args = list(plan.args_pieces)
+        if fixed + len(args) <= n:
+            args = list(plan.args)  # one character each
+            pad = n + 1 - fixed - len(args)
+            if pad > 0:
+                args = [" "] * pad + args  # leading whitespace: still the same JSON
+        return Plan("tool", tool_name=plan.tool_name, tool_id=plan.tool_id, args_pieces=args)
+
+    def _stream_headers(self) -> dict | None:
+        return {"x-amzn-bedrock-content-type": "application/json"} if self.api == "bedrock" else None
+
+    def wait_client(self, ms) -> bool:
+        """Wait `ms` ms; returns True early if the client disconnects or the server shuts down."""
+        deadline = time.monotonic() + (ms or 0) / 1000.0
+        try:
+            sel = selectors.DefaultSelector()
+            sel.register(self.connection, selectors.EVENT_READ)
+        except (OSError, ValueError):
+            return True
+        with sel:
+            while True:
+                if self.server.stop_event.is_set():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if not sel.select(min(left, 0.1)):
+                    continue
+                try:
+                    data = self.connection.recv(1, socket.MSG_PEEK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return True
+                if not data:
+                    return True  # EOF: the client went away
+                # The client sent more (a pipelined request): wait out the rest.
+                return self._sleep(max(0.0, deadline - time.monotonic()) * 1000.0)
+
+    def send_stream(self, parts: list, fault: dict, end: bool = True) -> None:
+        """A chunked 200 stream: each part an HTTP chunk (`chunk_delay_ms` apart) or ("wait", ms).
+        `end`: finish with the chunked terminator; else close the connection without it. A client
+        disconnect or shutdown during a wait stops quietly (body left unterminated)."""
+        delay = fault.get("chunk_delay_ms") or 0
+        self.start_chunked(content_type=self.stream_content_type(), extra_headers=self._stream_headers())
+        sent = False
+        for part in parts:
+            if isinstance(part, tuple):
+                if self.wait_client(part[1]):
+                    self.close_connection = True
+                    return
+                continue
+            if sent and delay and self._sleep(delay):
+                self.close_connection = True
+                return
+            self.write_chunk(part)
+            sent = True
+        if end:
+            self.end_chunked()
+        else:
+            self.close_connection = True
+
+    def send_json_late(self, call: Call, body, wait_ms) -> None:
+        """The normal JSON answer as one chunk of a chunked body; `wait_ms` before the terminator."""
+        data = json.dumps(self.full_json(call, body)).encode()
+        extra = None
+        if self.api == "bedrock":
+            extra = {
+                "x-amzn-bedrock-input-token-count": str(INPUT_TOKENS),
+                "x-amzn-bedrock-output-token-count": str(OUTPUT_TOKENS),
+                "x-amzn-bedrock-invocation-latency": "321",
+            }
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("transfer-encoding", "chunked")
+        for k, v in {**self.api_headers(), **(extra or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.write_chunk(data)
+        if self.wait_client(wait_ms):
+            self.close_connection = True
+            return
+        self.end_chunked()
+
+    def send_html_error(self, status: int) -> None:
+        page = html_error_page(status)
+        self.send_response(status, status_reason(status))
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+        self.wfile.flush()
+
     def send_normal(self, call: Call, body, fault: dict) -> None:
         delay = fault.get("chunk_delay_ms") or 0
         if call.stream:
@@ -1554,6 +1790,38 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             }
         self.send_json(200, self.full_json(call, body), extra)
 
+    def send_overload(self, fault: dict, call: Call) -> None:
+        """The non-stream answer of stream_error / error_first: 529 (anthropic, vertex) or 503."""
+        overload = "529" if self.api in ("anthropic", "vertex") else "503"
+        r = self.fault_reject(overload, fault, call)
+        if r is None:
+            self._send_bytes(503, b"upstream unavailable", "text/plain")
+        else:
+            self.send_reject(r)
+
+    def send_truncated_json(self, call: Call, body) -> None:
+        """The non-stream answer of truncate / truncate_after: half the JSON body, then close."""
+        full = json.dumps(self.full_json(call, body)).encode()
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(full)))
+        for k, v in self.api_headers().items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(full[: len(full) // 2])
+        self.wfile.flush()
+
+    def stream_error_event(self, fault: dict) -> bytes:
+        """The overload error of a stream, as this API streams it (one SSE event or one frame)."""
+        if self.api == "bedrock":
+            exc = fault.get("exception") or "throttlingException"
+            return bedrock_exception_frame(exc, BEDROCK_STREAM_EXCEPTIONS[exc])
+        if self.api in ("openai", "azure"):
+            return sse_data({"error": {"message": "The server is overloaded", "type": "server_error",
+                                       "param": None, "code": None}})
+        return sse_event("error", anthropic_error("overloaded_error", "Overloaded"))
+
     def apply_fault(self, mode: str, fault: dict, call: Call, body) -> None:
         delay = fault.get("chunk_delay_ms") or 0
         if mode == "none":
@@ -1566,57 +1834,38 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         elif mode == "503":  # anthropic: a proxy's plain-text 503
             self._send_bytes(503, b"upstream unavailable", "text/plain")
 
-        elif mode == "hang":
+        elif mode == "hang" or (mode == "stall" and not call.stream):
             self.close_connection = True
-            self._sleep(fault.get("hang_ms", 60000))
+            self._sleep(fault_param(fault, "hang_ms"))
             # then just close (FIN) without a response
 
         elif mode == "reset":
             self.abort_with_rst()
 
+        elif mode in ("stream_error", "error_first") and not call.stream:
+            self.send_overload(fault, call)
+
         elif mode == "stream_error":
-            if not call.stream:
-                overload = "529" if self.api in ("anthropic", "vertex") else "503"
-                r = self.fault_reject(overload, fault, call)
-                if r is None:
-                    self._send_bytes(503, b"upstream unavailable", "text/plain")
-                else:
-                    self.send_reject(r)
-                return
             if self.api == "bedrock":
                 frames = [bedrock_chunk_frame(e, i) for i, e in enumerate(self._bedrock_events(call, body, partial=True))]
-                exc = fault.get("exception") or "throttlingException"
-                frames.append(bedrock_exception_frame(exc, BEDROCK_STREAM_EXCEPTIONS[exc]))
+                frames.append(self.stream_error_event(fault))
                 chunks = split_frames(frames, self._frame_split(fault))
-            elif self.api in ("openai", "azure"):
-                chunks = self.stream_chunks(call, body, fault, partial=True)
-                chunks.append(sse_data({"error": {"message": "The server is overloaded", "type": "server_error",
-                                                  "param": None, "code": None}}))
             else:
                 chunks = self.stream_chunks(call, body, fault, partial=True)
-                chunks.append(sse_event("error", anthropic_error("overloaded_error", "Overloaded")))
+                chunks.append(self.stream_error_event(fault))
             self.send_chunks(chunks, delay)
 
+        elif mode in ("truncate", "truncate_after") and not call.stream:
+            self.send_truncated_json(call, body)
+
         elif mode == "truncate":
-            if call.stream:
-                if self.api == "bedrock":
-                    frames = [bedrock_chunk_frame(e, i) for i, e in enumerate(self._bedrock_events(call, body))]
-                    data = b"".join(frames[:3]) + frames[3][: len(frames[3]) // 2]  # cut mid-frame
-                    chunks = [data[: len(data) // 2], data[len(data) // 2:]]
-                else:
-                    chunks = self.stream_chunks(call, body, fault, partial=True)
-                self.send_chunks(chunks, delay)
+            if self.api == "bedrock":
+                frames = [bedrock_chunk_frame(e, i) for i, e in enumerate(self._bedrock_events(call, body))]
+                data = b"".join(frames[:3]) + frames[3][: len(frames[3]) // 2]  # cut mid-frame
+                chunks = [data[: len(data) // 2], data[len(data) // 2:]]
             else:
-                full = json.dumps(self.full_json(call, body)).encode()
-                self.close_connection = True
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(full)))
-                for k, v in self.api_headers().items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(full[: len(full) // 2])
-                self.wfile.flush()
+                chunks = self.stream_chunks(call, body, fault, partial=True)
+            self.send_chunks(chunks, delay)
 
         elif mode == "slow_first_byte":
             if self._sleep(fault.get("delay_ms", 2000)):
@@ -1644,6 +1893,50 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             else:
                 junk = b'{"id": "msg_\xff\xfe, "type": message, [[[' + os.urandom(64)
                 self._send_bytes(200, junk, "application/json")
+
+        elif mode == "slow_first_token":
+            wait = fault_param(fault, "delay_ms")
+            if not call.stream:
+                if self.wait_client(wait):
+                    self.close_connection = True
+                    return
+                self.send_normal(call, body, fault)
+                return
+            units, pre, _ = self.stream_units(call, body)
+            self.send_stream([*self.units_to_chunks(units[:pre], fault), ("wait", wait),
+                              *self.units_to_chunks(units[pre:], fault)], fault)
+
+        elif mode == "stall":  # stream (non-stream: hang, above)
+            n = int(fault_param(fault, "after_deltas"))
+            units, pre, _ = self.stream_units(call, body, self.plan_past(body, n, long_hello=True))
+            self.send_stream([*self.units_to_chunks(units[:pre + n], fault), ("wait", fault_param(fault, "hang_ms"))],
+                             fault, end=False)
+
+        elif mode == "late_end":
+            wait = fault_param(fault, "delay_ms")
+            if not call.stream:
+                self.send_json_late(call, body, wait)
+                return
+            units, _, _ = self.stream_units(call, body)
+            self.send_stream([*self.units_to_chunks(units, fault), ("wait", wait)], fault)
+
+        elif mode == "no_done":
+            if not call.stream or self.api not in ("openai", "azure"):
+                self.send_normal(call, body, fault)
+                return
+            units, _, _ = self.stream_units(call, body)
+            self.send_stream(self.units_to_chunks(units[:-1], fault), fault)
+
+        elif mode == "error_first":  # stream (non-stream: above)
+            self.send_stream(self.units_to_chunks([self.stream_error_event(fault)], fault), fault)
+
+        elif mode == "html_error":
+            self.send_html_error(int(fault_param(fault, "status")))
+
+        elif mode == "truncate_after":  # stream (non-stream: above)
+            n = int(fault_param(fault, "after_deltas"))
+            units, pre, _ = self.stream_units(call, body, self.plan_past(body, n, long_hello=False))
+            self.send_stream(self.units_to_chunks(units[:pre + n], fault), fault)
 
         else:  # should not happen: validated on set
             self.send_error_json(500, "api_error", f"unknown fault mode {mode!r}")

@@ -884,3 +884,338 @@ def test_cli_api_option():
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# ---- stream fault modes (slow_first_token, stall, late_end, no_done, error_first, html_error,
+# truncate_after), every API in its own wire format -------------------------------------------
+
+APIS = ["anthropic", "vertex", "bedrock", "openai", "azure"]
+OAI = ("openai", "azure")
+
+
+def timed_stream(base, path, body, api):
+    """The streamed answer as (response, [(seconds, HTTP chunk)], seconds until the body ended,
+    the error that ended it or None when it ended cleanly with the chunked terminator)."""
+    t0 = time.monotonic()
+    r = post(base, path, body, api, stream=True)
+    chunks, err = [], None
+    try:
+        for c in r.raw.read_chunked(decode_content=False):
+            chunks.append((time.monotonic() - t0, c))
+    except Exception as e:  # noqa: BLE001 (urllib3 ProtocolError: the body was not terminated)
+        err = e
+    total = time.monotonic() - t0
+    r.close()
+    return r, chunks, total, err
+
+
+def stream_items(api, chunks):
+    """[(seconds, name, obj)] of the events of a stream, each timed by the chunk completing it, and
+    the bytes left over (an incomplete event). Names: the SSE event (anthropic, vertex); the event
+    type or "exception:<type>" (bedrock); "chunk", "error" or "[DONE]" (openai, azure)."""
+    items, buf = [], b""
+    for t, c in chunks:
+        buf += c
+        if api == "bedrock":
+            frames, buf = es_decode(buf)
+            for headers, payload in frames:
+                if headers[":message-type"] == "exception":
+                    items.append((t, "exception:" + headers[":exception-type"], json.loads(payload)))
+                else:
+                    (ev,) = bedrock_events([(headers, payload)])
+                    items.append((t, ev["type"], ev))
+            continue
+        while b"\n\n" in buf:
+            block, buf = buf.split(b"\n\n", 1)
+            ((ev, data),) = sse_blocks(block.decode() + "\n\n")
+            if api in OAI:
+                if data == "[DONE]":
+                    items.append((t, "[DONE]", None))
+                else:
+                    obj = json.loads(data)
+                    items.append((t, "error" if "error" in obj else "chunk", obj))
+            else:
+                items.append((t, ev, json.loads(data)))
+    return items, buf
+
+
+def is_delta(api, name, obj):
+    """A content delta: content_block_delta, or an OpenAI chunk between the role chunk and the finish."""
+    if api not in OAI:
+        return name == "content_block_delta"
+    if name != "chunk" or not obj["choices"]:
+        return False
+    choice = obj["choices"][0]
+    return choice["finish_reason"] is None and "role" not in choice["delta"]
+
+
+def delta_piece(api, obj):
+    if api not in OAI:
+        d = obj["delta"]
+        return d.get("text", d.get("partial_json"))
+    d = obj["choices"][0]["delta"]
+    if "tool_calls" in d:
+        return d["tool_calls"][0]["function"]["arguments"]
+    return d["content"]
+
+
+def is_terminal(api, name, obj):
+    return name == "[DONE]" if api in OAI else name == "message_stop"
+
+
+def tools_body(api, body):
+    return {**body, "tools": OA_TOOLS if api in OAI else ANTH_TOOLS}
+
+
+def fault_reverted(base):
+    return requests.get(f"{base}/_control/fault", timeout=5).json() == {"mode": "none"}
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_slow_first_token(mocks, api):
+    server, base = mocks(api)
+    path, body = request_for(api, stream=True)
+    set_fault(base, mode="slow_first_token", delay_ms=300, count=1)
+    r, chunks, total, err = timed_stream(base, path, body, api)
+    assert r.status_code == 200 and err is None and fault_reverted(base)
+    items, rest = stream_items(api, chunks)
+    assert rest == b""
+    first = next(i for i, (_, n, o) in enumerate(items) if is_delta(api, n, o))
+    pre = items[:first]
+    if api in OAI:
+        assert [n for _, n, _ in pre] == ["chunk"]
+        assert pre[0][2]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    else:
+        assert [n for _, n, _ in pre] == ["message_start", "content_block_start", "ping"]
+    assert max(t for t, _, _ in pre) < 0.5, pre
+    assert items[first][0] >= 0.29 and items[first][0] - max(t for t, _, _ in pre) >= 0.25, items[first]
+    assert "".join(delta_piece(api, o) for _, n, o in items if is_delta(api, n, o)) == "Hello from primary"
+    assert is_terminal(api, *items[-1][1:]) and total < 2
+    if api == "bedrock":
+        assert items[-1][2]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 5
+    # The next request (count used up) is not delayed.
+    _, chunks, total, err = timed_stream(base, path, body, api)
+    assert err is None and chunks[-1][0] < 0.2
+    # Non-stream: the delay, then the normal JSON answer.
+    npath, nbody = request_for(api)
+    set_fault(base, mode="slow_first_token", delay_ms=200, count=1)
+    t0 = time.monotonic()
+    r = post(base, npath, nbody, api)
+    assert r.status_code == 200 and 0.19 <= time.monotonic() - t0 < 2
+    assert "Hello from primary" in r.text and fault_reverted(base)
+    # A client leaving during the wait ends the handler at once (not after delay_ms).
+    set_fault(base, mode="slow_first_token", delay_ms=5000, count=1)
+    host, port = server.server_address[:2]
+    before = set(server._conns)
+    s = socket.create_connection((host, port), timeout=5)
+    raw = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in HEADERS[api].items())
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(raw)}\r\n{head}\r\n".encode() + raw)
+    time.sleep(0.2)  # the whole preamble comes (the handler then waits), then the client leaves
+    assert s.recv(1 << 16).startswith(b"HTTP/1.1 200 ")
+    (mine,) = set(server._conns) - before  # the server's side of this connection, open while served
+    s.close()
+    deadline = time.monotonic() + 1.5
+    while mine in server._conns and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert mine not in server._conns
+    assert post(base, path, body, api).status_code == 200
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_stall(mocks, api):
+    _, base = mocks(api)
+    path, body = request_for(api, stream=True)
+    set_fault(base, mode="stall", after_deltas=2, hang_ms=300, count=1)
+    r, chunks, total, err = timed_stream(base, path, body, api)
+    assert r.status_code == 200 and err is not None  # closed without the chunked terminator
+    assert fault_reverted(base)
+    items, rest = stream_items(api, chunks)
+    assert rest == b""
+    assert [delta_piece(api, o) for _, n, o in items if is_delta(api, n, o)] == ["Hello", " from"]
+    assert is_delta(api, *items[-1][1:]), "nothing after the 2nd delta"
+    assert chunks[-1][0] < 0.5 and total - chunks[-1][0] >= 0.25 and 0.29 <= total < 3, (chunks[-1][0], total)
+    # Default after_deltas (3): the longer answer, cut after " primary"; a tool answer: any delta kind.
+    set_fault(base, mode="stall", hang_ms=200, count=2)
+    for req, want in ((body, ["Hello", " from", " primary"]), (tools_body(api, body), None)):
+        _, chunks, total, err = timed_stream(base, path, req, api)
+        items, _ = stream_items(api, chunks)
+        deltas = [delta_piece(api, o) for _, n, o in items if is_delta(api, n, o)]
+        assert err is not None and total >= 0.19 and len(deltas) == 3 and is_delta(api, *items[-1][1:])
+        assert not any(is_terminal(api, n, o) for _, n, o in items)
+        if want:
+            assert deltas == want
+        elif api in OAI:
+            assert items[1][2]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "get_weather"
+        else:
+            assert items[1][2]["content_block"]["type"] == "tool_use"
+    assert fault_reverted(base)
+    # Non-stream: like hang.
+    npath, nbody = request_for(api)
+    set_fault(base, mode="stall", hang_ms=200, count=1)
+    t0 = time.monotonic()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        post(base, npath, nbody, api)
+    assert 0.19 <= time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_late_end(mocks, api):
+    _, base = mocks(api)
+    path, body = request_for(api, stream=True)
+    set_fault(base, mode="late_end", delay_ms=300, count=1)
+    r, chunks, total, err = timed_stream(base, path, body, api)
+    assert r.status_code == 200 and err is None and fault_reverted(base)
+    items, rest = stream_items(api, chunks)
+    assert rest == b"" and is_terminal(api, *items[-1][1:])
+    assert "".join(delta_piece(api, o) for _, n, o in items if is_delta(api, n, o)) == "Hello from primary"
+    if api == "bedrock":
+        assert set(items[-1][2]["amazon-bedrock-invocationMetrics"]) >= {"inputTokenCount", "outputTokenCount"}
+    assert items[-1][0] < 0.5 and total - items[-1][0] >= 0.25 and total >= 0.29, (items[-1][0], total)
+    # Non-stream: the whole JSON at once, in a chunked body that ends delay_ms later.
+    npath, nbody = request_for(api)
+    set_fault(base, mode="late_end", delay_ms=200, count=1)
+    t0 = time.monotonic()
+    r = post(base, npath, nbody, api, stream=True)
+    assert r.status_code == 200 and r.headers["transfer-encoding"] == "chunked"
+    assert r.headers["content-type"] == "application/json" and "content-length" not in r.headers
+    (first, *more) = [(time.monotonic() - t0, c) for c in r.raw.read_chunked(decode_content=False)]
+    ended = time.monotonic() - t0
+    assert more == [] and first[0] < 0.5 and ended - first[0] >= 0.15 and ended >= 0.19, (first[0], ended)
+    doc = json.loads(first[1])
+    text = doc["choices"][0]["message"]["content"] if api in OAI else doc["content"][0]["text"]
+    assert text == "Hello from primary" and fault_reverted(base)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_no_done(mocks, api):
+    _, base = mocks(api)
+    path, body = request_for(api, stream=True)
+    bodies = [body, {**body, "stream_options": {"include_usage": True}}] if api in OAI else [body]
+    for req in bodies:
+        set_fault(base, mode="no_done", count=1)
+        r, chunks, _, err = timed_stream(base, path, req, api)
+        assert r.status_code == 200 and err is None and fault_reverted(base)
+        items, rest = stream_items(api, chunks)
+        assert rest == b""
+        assert "".join(delta_piece(api, o) for _, n, o in items if is_delta(api, n, o)) == "Hello from primary"
+        names = [n for _, n, _ in items]
+        if api in OAI:
+            assert "[DONE]" not in names and set(names) == {"chunk"}
+            objs = [o for _, _, o in items]
+            if "stream_options" in req:
+                assert objs[-1]["choices"] == [] and objs[-1]["usage"]["total_tokens"] == 17
+                objs = objs[:-1]
+            assert objs[-1]["choices"][0]["finish_reason"] == "stop"
+        else:  # like none
+            assert names[0] == "message_start" and names[-1] == "message_stop"
+    npath, nbody = request_for(api)
+    set_fault(base, mode="no_done", count=1)
+    r = post(base, npath, nbody, api)
+    assert r.status_code == 200 and "Hello from primary" in r.text and fault_reverted(base)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_error_first(mocks, api):
+    _, base = mocks(api)
+    path, body = request_for(api, stream=True)
+    set_fault(base, mode="error_first", count=1)
+    r, chunks, _, err = timed_stream(base, path, body, api)
+    assert r.status_code == 200 and err is None and fault_reverted(base)
+    items, rest = stream_items(api, chunks)
+    assert rest == b"" and len(items) == 1
+    (_, name, obj), = items
+    if api in OAI:
+        assert name == "error" and obj == {"error": {"message": "The server is overloaded", "type": "server_error",
+                                                     "param": None, "code": None}}
+    elif api == "bedrock":
+        assert name == "exception:throttlingException" and "message" in obj
+        set_fault(base, mode="error_first", count=1, exception="modelStreamErrorException")
+        items, _ = stream_items(api, timed_stream(base, path, body, api)[1])
+        assert [n for _, n, _ in items] == ["exception:modelStreamErrorException"]
+        assert items[0][2]["originalStatusCode"] == 500
+    else:
+        assert name == "error" and obj == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    npath, nbody = request_for(api)
+    set_fault(base, mode="error_first", count=1)
+    r = post(base, npath, nbody, api)
+    assert r.status_code == (529 if api in ("anthropic", "vertex") else 503) and fault_reverted(base)
+
+
+def test_error_first_sdks(mocks):
+    _, base = mocks("anthropic")
+    set_fault(base, mode="error_first", count=1)
+    with pytest.raises(anthropic.APIStatusError):
+        with client(base).messages.stream(model=MODEL, max_tokens=10, messages=MSGS) as s:
+            list(s.text_stream)
+    _, obase = mocks("openai", name="oa")
+    set_fault(obase, mode="error_first", count=1)
+    with pytest.raises(openai.APIError):
+        list(oa_client(obase).chat.completions.create(model="gpt-4o", messages=MSGS, stream=True))
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_html_error(mocks, api):
+    _, base = mocks(api)
+    for stream in (True, False):
+        path, body = request_for(api, stream=stream)
+        set_fault(base, mode="html_error", count=1)
+        r = post(base, path, body, api)
+        assert r.status_code == 502 and r.headers["content-type"] == "text/html"
+        assert r.text.startswith("<html>") and "<title>502 Bad Gateway</title>" in r.text
+        assert int(r.headers["content-length"]) == len(r.content) and fault_reverted(base)
+    set_fault(base, mode="html_error", status=504, count=1)
+    r = post(base, path, body, api)
+    assert r.status_code == 504 and "504 Gateway Timeout" in r.text
+    assert post(base, path, body, api).status_code == 200
+    for bad in (200, 600, 502.5, "502", None, True):
+        assert requests.post(f"{base}/_control/fault", json={"mode": "html_error", "status": bad},
+                             timeout=5).status_code == 400, bad
+    for bad in (-1, 1.5, None):
+        assert requests.post(f"{base}/_control/fault", json={"mode": "stall", "after_deltas": bad},
+                             timeout=5).status_code == 400, bad
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_truncate_after(mocks, api):
+    _, base = mocks(api)
+    path, body = request_for(api, stream=True)
+    for params, want in (({}, ["Hello", " from"]), ({"after_deltas": 4}, ["Hello", " from", " primary", ","]),
+                         ({"after_deltas": 0}, [])):
+        set_fault(base, mode="truncate_after", count=1, **params)
+        r, chunks, _, err = timed_stream(base, path, body, api)
+        assert r.status_code == 200 and err is None, params  # a clean end (chunked terminator)
+        assert fault_reverted(base)
+        items, rest = stream_items(api, chunks)
+        assert rest == b"", "whole frames/events only"
+        assert [delta_piece(api, o) for _, n, o in items if is_delta(api, n, o)] == want
+        assert not any(is_terminal(api, n, o) for _, n, o in items)
+        if want:
+            assert is_delta(api, *items[-1][1:])
+        else:
+            assert [n for _, n, _ in items] == (["chunk"] if api in OAI else ["message_start", "content_block_start", "ping"])
+    # A tool answer: any delta kind counts.
+    set_fault(base, mode="truncate_after", count=1, after_deltas=3)
+    items, rest = stream_items(api, timed_stream(base, path, tools_body(api, body), api)[1])
+    assert rest == b"" and sum(1 for _, n, o in items if is_delta(api, n, o)) == 3
+    # Non-stream: like truncate (half the JSON, then the connection closes).
+    npath, nbody = request_for(api)
+    set_fault(base, mode="truncate_after", count=1)
+    with pytest.raises(requests.exceptions.RequestException):
+        post(base, npath, nbody, api)
+    assert fault_reverted(base)
+
+
+def test_new_stream_modes_honor_frame_split_and_chunk_delay(mocks):
+    _, base = mocks("bedrock")
+    path, body = request_for("bedrock", stream=True)
+    for split in ("aligned", "tiny"):
+        set_fault(base, mode="truncate_after", frame_split=split, count=1)
+        _, chunks, _, err = timed_stream(base, path, body, "bedrock")
+        sizes = [len(c) for _, c in chunks]
+        items, rest = stream_items("bedrock", chunks)
+        assert err is None and rest == b"" and len(items) == 5
+        assert len(sizes) == 5 if split == "aligned" else max(sizes) == 5
+    set_fault(base, mode="late_end", delay_ms=0, chunk_delay_ms=40, count=1)
+    _, chunks, total, err = timed_stream(base, path, body, "bedrock")
+    assert err is None and chunks[-1][0] - chunks[0][0] >= 0.04 * (len(chunks) - 1) * 0.8

@@ -106,7 +106,9 @@ enum Phase {
     /// A failure status: retried by Envoy, or passed on for the downstream to answer.
     Failed,
     /// A 4xx or a non-2xx answer passed to the client (buffered when it must be rewritten).
-    PassingError { rewrite: bool },
+    PassingError {
+        rewrite: bool,
+    },
     /// A 2xx answer passed as it comes (JSON usage scanned).
     PassingJson,
     /// A compressed answer: passed blind.
@@ -161,6 +163,8 @@ pub struct AttemptSummary {
     pub output_tokens: Option<u64>,
     /// Its answer (or part of it) reached the client.
     pub answered: bool,
+    /// The answer was a stream (time to first token means something).
+    pub streamed: bool,
 }
 
 impl Attempt {
@@ -396,7 +400,8 @@ impl Attempt {
             }
             return data.to_vec();
         }
-        let message = format!("provider {} answered HTTP {} without a JSON body", self.setup.provider_name, self.status);
+        let message =
+            format!("provider {} answered HTTP {} without a JSON body", self.setup.provider_name, self.status);
         let kind = response::anthropic_type_for_status(self.status);
         match self.setup.client {
             ClientApi::Anthropic => response::anthropic_error_body(kind, &message),
@@ -474,6 +479,7 @@ impl Attempt {
             input_tokens,
             output_tokens,
             answered: self.first_content_ms.is_some() || outcome == Outcome::ClientError,
+            streamed: self.pipeline.is_some(),
         }
     }
 
@@ -704,9 +710,7 @@ mod tests {
         assert!(matches!(a.on_response_headers(&sse(), 10), HeadStep::Continue(_)));
         assert_eq!(a.on_response_body(START.as_bytes(), false, 11), BodyStep::Continue { headers: vec![], body: None });
         // Cut before its terminal event: an error event is appended for the client.
-        let BodyStep::Continue { body: Some(b), .. } = a.on_response_body(DELTA.as_bytes(), true, 12) else {
-            panic!()
-        };
+        let BodyStep::Continue { body: Some(b), .. } = a.on_response_body(DELTA.as_bytes(), true, 12) else { panic!() };
         assert!(String::from_utf8(b).unwrap().ends_with("\n\n"));
     }
 }

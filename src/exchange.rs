@@ -129,7 +129,14 @@ pub struct Exchange {
 
 impl Exchange {
     /// A request of chain `chain` arrives (`now_ms`; `id_suffix` seeds answer ids).
-    pub fn new(cfg: &Config, chain: usize, head: &RequestHead<'_>, upstream_filter: bool, now_ms: u64, id_suffix: u64) -> Self {
+    pub fn new(
+        cfg: &Config,
+        chain: usize,
+        head: &RequestHead<'_>,
+        upstream_filter: bool,
+        now_ms: u64,
+        id_suffix: u64,
+    ) -> Self {
         let c = cfg.chains.get(chain);
         let attempts = upstream_filter && c.is_some_and(Chain::uses_attempts);
         Exchange {
@@ -171,7 +178,10 @@ impl Exchange {
             if declared.is_some_and(|n| n > limit) {
                 // Too large to keep for a replay: one attempt, routed at the headers.
                 self.no_replay = Some(NoReplay::BodyTooLarge);
-                log::debug!("request body of {} bytes is over failover.max_replay_bytes: no replay", declared.unwrap_or(0));
+                log::debug!(
+                    "request body of {} bytes is over failover.max_replay_bytes: no replay",
+                    declared.unwrap_or(0)
+                );
                 self.mode = Mode::Single;
             } else if head.end_of_stream {
                 return self.plan_attempts(cfg, head, health);
@@ -290,7 +300,8 @@ impl Exchange {
         let cluster = failover.and_then(|f| failover_cluster(&f.clusters, &w.plan));
         let (route, reachable) = match cluster {
             Some(c) => {
-                let reachable: Vec<Planned> = w.plan.iter().filter(|p| c.providers.contains(&p.provider)).copied().collect();
+                let reachable: Vec<Planned> =
+                    w.plan.iter().filter(|p| c.providers.contains(&p.provider)).copied().collect();
                 (c.cluster.clone(), reachable)
             }
             None => {
@@ -300,11 +311,8 @@ impl Exchange {
         };
         self.plan = reachable;
         let structural = u32::try_from(self.plan.len()).unwrap_or(u32::MAX).saturating_mul(per_provider);
-        self.max_attempts = if self.no_replay.is_some() {
-            1
-        } else {
-            structural.min(failover.map_or(1, |f| f.max_attempts)).max(1)
-        };
+        self.max_attempts =
+            if self.no_replay.is_some() { 1 } else { structural.min(failover.map_or(1, |f| f.max_attempts)).max(1) };
         let mut edits: HeaderEdits = vec![(cfg.route_header.clone(), Some(route))];
         for h in ENVOY_CONTROL_HEADERS {
             if head.has(h) {
@@ -319,13 +327,24 @@ impl Exchange {
     }
 
     /// Single mode with the body in hand: walk from the start, rewriting where needed.
-    fn plan_single_with_body(&mut self, cfg: &Config, head: &RequestHead<'_>, body: &[u8], health: &mut dyn Health) -> Step {
+    fn plan_single_with_body(
+        &mut self,
+        cfg: &Config,
+        head: &RequestHead<'_>,
+        body: &[u8],
+        health: &mut dyn Health,
+    ) -> Step {
         let Some(chain) = self.chain(cfg) else { return Step::Continue };
         let _ = body;
         let w = plan::walk(
             cfg,
             chain,
-            WalkInput { request: self.request.as_ref(), same_model_only: self.same_model_only, max: 1, now_ms: self.start_ms },
+            WalkInput {
+                request: self.request.as_ref(),
+                same_model_only: self.same_model_only,
+                max: 1,
+                now_ms: self.start_ms,
+            },
             health,
         );
         if let Some((p, u)) = &w.refusal {
@@ -408,7 +427,9 @@ impl Exchange {
     /// The rewritten request for `provider`, computed once.
     fn rewrite_for(&mut self, cfg: &Config, provider: usize, position: usize) -> Result<Option<Rewrite>, Unfit> {
         let Some(chain) = cfg.chains.get(self.chain) else { return Ok(None) };
-        let (Some(p), Some(models)) = (cfg.providers.get(provider), chain.models.get(position)) else { return Ok(None) };
+        let (Some(p), Some(models)) = (cfg.providers.get(provider), chain.models.get(position)) else {
+            return Ok(None);
+        };
         if models.passes_through(p.api, self.client, self.model.as_deref()) {
             return Ok(None);
         }
@@ -467,7 +488,9 @@ impl Exchange {
                 match health.claim(planned.provider, now_ms) {
                     Admission::Admit => {}
                     Admission::Probe => probe = true,
-                    Admission::Reject(_) => return Start::Reply(self.degrade(cfg, DegradedReason::NoProviderAvailable)),
+                    Admission::Reject(_) => {
+                        return Start::Reply(self.degrade(cfg, DegradedReason::NoProviderAvailable))
+                    }
                 }
             }
         } else {
@@ -598,7 +621,11 @@ impl Exchange {
         let answered = self.summaries.iter().rev().find(|s| s.answered).or(self.summaries.last());
         let name = |p: usize| cfg.providers.get(p).map_or("?", |q| q.name.as_str());
         let tried = (!self.summaries.is_empty()).then(|| {
-            self.summaries.iter().map(|s| format!("{}:{}", name(s.provider), s.outcome.as_str())).collect::<Vec<_>>().join(",")
+            self.summaries
+                .iter()
+                .map(|s| format!("{}:{}", name(s.provider), s.outcome.as_str()))
+                .collect::<Vec<_>>()
+                .join(",")
         });
         RequestRecord {
             provider: answered.filter(|s| s.answered).map(|s| name(s.provider).to_string()),
@@ -608,7 +635,10 @@ impl Exchange {
             degraded_reason: self.degraded.map(DegradedReason::as_str),
             input_tokens: answered.and_then(|s| s.input_tokens),
             output_tokens: answered.and_then(|s| s.output_tokens),
-            ttft_ms: answered.and_then(|s| s.first_content_ms).map(|t| t.saturating_sub(self.start_ms)),
+            ttft_ms: answered
+                .filter(|s| s.streamed)
+                .and_then(|s| s.first_content_ms)
+                .map(|t| t.saturating_sub(self.start_ms)),
             duration_ms: Some(end_ms.saturating_sub(self.start_ms)),
             tried,
         }

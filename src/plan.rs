@@ -13,11 +13,11 @@
 //! first), and only when the chain allows it. Every attempt removes every other party's
 //! credential, because Envoy carries one attempt's header edits over to the next.
 
+use crate::breaker::{Admission, Peek};
+use crate::config::OnUntranslatable;
 use crate::config::{Chain, Config, FailoverCluster};
 use crate::health::Health;
 use crate::request_rewrite::{rewrite, ClientRequest, Rewrite, Unfit};
-use crate::breaker::{Admission, Peek};
-use crate::config::OnUntranslatable;
 use crate::translate::Untranslatable;
 
 /// One provider of a request's plan.
@@ -150,7 +150,12 @@ pub struct Target<'a> {
 
 /// The headers an attempt at `t` must set and remove. `current` looks up the request's headers
 /// as they are now (after earlier attempts' edits).
-pub fn attempt_edits(cfg: &Config, chain: &Chain, t: &Target<'_>, current: &dyn Fn(&str) -> Option<String>) -> HeaderEdits {
+pub fn attempt_edits(
+    cfg: &Config,
+    chain: &Chain,
+    t: &Target<'_>,
+    current: &dyn Fn(&str) -> Option<String>,
+) -> HeaderEdits {
     let Target { provider, position, authority, path, rewrite: rw } = *t;
     let mut edits = HeaderEdits::new();
     let Some(p) = cfg.providers.get(provider) else { return edits };

@@ -133,7 +133,8 @@ impl StreamPipeline {
 
     /// Did the host's stream fail (an error event, or bytes that are not its stream)?
     pub fn failed(&self) -> bool {
-        matches!(self.verdict(), StreamVerdict::Error { .. }) || self.bedrock.as_ref().is_some_and(BedrockStream::failed)
+        matches!(self.verdict(), StreamVerdict::Error { .. })
+            || self.bedrock.as_ref().is_some_and(BedrockStream::failed)
     }
 
     fn feed_events(&mut self, chunk: &[u8]) {

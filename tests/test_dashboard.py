@@ -159,12 +159,11 @@ def generate_traffic(s: Stack) -> None:
     assert r.status_code == 200 and r.headers["x-llm-provider"] == "primary"
     assert s.post().headers["x-llm-provider"] == "primary"
     s.fault("primary", "529")
+    s.fault("fallback", "500", count=1)
     seen = []
     for _ in range(8):
         r = s.post()
         seen.append(r.headers.get("x-llm-provider") or r.headers.get("x-llm-degraded-reason"))
-        if seen[-1] == "fallback":
-            break
     assert seen[-1] == "fallback" and "upstream_failure" in seen, seen
     r = s.post(dict(MESSAGE_BODY, stream=True))
     assert r.headers.get("x-llm-provider") == "fallback"

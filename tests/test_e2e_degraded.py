@@ -3,7 +3,7 @@ API format at once, flagged with x-llm-degraded, instead of a raw 5xx."""
 
 import time
 
-from conftest import fast_breaker
+from conftest import fast_breaker, single_attempt
 from stack import MESSAGE_BODY, Stack, sse_events
 from test_e2e_breaker import provider_of
 
@@ -22,6 +22,7 @@ def take_everything_down(stack):
 
 def test_upstream_failure_is_replaced_by_a_degraded_message(stack):
     stack.fault("primary", "529")
+    stack.fault("fallback", "500")
     r = stack.post()
     assert r.status_code == 200
     assert r.headers["x-llm-degraded"] == "true"
@@ -60,6 +61,7 @@ def test_degraded_stream_is_a_valid_anthropic_sse_stream(stack):
 
 def test_streaming_request_failing_upstream_gets_a_degraded_stream(stack):
     stack.fault("primary", "500")
+    stack.fault("fallback", "529")
     r = stack.post({**MESSAGE_BODY, "stream": True})
     assert r.headers["x-llm-degraded"] == "true"
     assert [e for e, _ in sse_events(r.text)][-1] == "message_stop"
@@ -70,6 +72,7 @@ def test_error_mode_answers_503_with_retry_after():
     cfg["degraded"] = {"mode": "error", "notice": "LLM features paused", "retry_after_s": 42}
     with Stack(cfg) as s:
         s.fault("primary", "529")
+        s.fault("fallback", "reset")
         r = s.post()
         assert r.status_code == 503
         assert r.headers["retry-after"] == "42"
@@ -79,7 +82,10 @@ def test_error_mode_answers_503_with_retry_after():
 
 def test_degraded_payload_never_carries_upstream_text_or_secrets(stack):
     stack.fault("primary", "503")  # a plain-text proxy page
+    stack.fault("fallback", "html_error", status=502)
     r = stack.post(headers={"x-api-key": "sk-secret-zzz"})
+    assert r.headers["x-llm-degraded"] == "true"
+    assert "<html" not in r.text.lower()
     assert "upstream unavailable" not in r.text
     assert "sk-secret-zzz" not in r.text and "demo-fallback-key" not in r.text
 
@@ -89,7 +95,8 @@ def test_without_allow_on_headers_stop_iteration_as_under_istio_wasmplugin():
     # then passes a held request's body to the filter only if it came with the headers; if not,
     # the filter's tick answers with the error form (503 + Retry-After + overloaded_error), which
     # is right for streams and non-streams alike. Either way: at once, well-formed, no hang.
-    with Stack(fast_breaker(open_ms=20000, max_open_ms=40000), allow_stop_iteration=False) as s:
+    cfg = single_attempt(fast_breaker(open_ms=20000, max_open_ms=40000))
+    with Stack(cfg, allow_stop_iteration=False, upstream_filter=False) as s:
         s.fault("primary", "529")
         assert [provider_of(s.post()) for _ in range(4)] == ["degraded"] * 3 + ["fallback"]
         s.fault("fallback", "500")

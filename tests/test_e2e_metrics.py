@@ -68,15 +68,19 @@ def test_outage_metrics_and_breaker_gauge_with_two_workers(stack):
     n = open_primary(stack)
     for _ in range(3):
         assert provider_of(stack.post()) == "fallback"
+    wait_flush()
     s = scrape(stack)
     assert metric(s, "llm_failover_breaker_state", provider="primary") == 1  # open
     assert metric(s, "llm_failover_breaker_state", provider="fallback") == 0
     assert metric(s, "llm_failover_breaker_transitions", provider="primary", state="open") == 1
     assert metric(s, "llm_failover_outcomes", provider="primary", model=MODEL, **{"class": "overloaded"}) == n - 1
-    assert metric(s, "llm_failover_degraded", reason="upstream_failure") == n - 1
-    assert metric(s, "llm_failover_failovers", **{"from": "primary", "to": "fallback"}) == 4
-    assert metric(s, "llm_failover_requests", provider="fallback", model=MODEL) == 4
-    assert metric(s, "llm_failover_tokens", provider="fallback", model=MODEL, token_type="output") == 4 * OUT
+    # Every request was answered: the n - 1 that met the outage were replayed on the fallback.
+    assert metric(s, "llm_failover_degraded", reason="upstream_failure") == 0
+    assert metric(s, "llm_failover_replays", provider="fallback") == n - 1
+    assert metric(s, "llm_failover_failovers", **{"from": "primary", "to": "fallback"}) == n + 3
+    assert metric(s, "llm_failover_requests", provider="fallback", model=MODEL) == n + 3
+    assert metric(s, "llm_failover_tokens", provider="fallback", model=MODEL, token_type="output") == (n + 3) * OUT
+    assert metric(s, "llm_failover_request_attempts_count") == n + 3
 
     # Recovery: probes close the breaker; the gauge reads closed again, whichever worker did it.
     stack.fault("primary", "none")
@@ -109,10 +113,18 @@ def test_access_log_fields(stack):
     assert first["llm_outcome"] == "success" and first["llm_attempts"] == "1"
     assert first["llm_input_tokens"] == str(IN) and first["llm_output_tokens"] == str(OUT)
     assert first["llm_ttft_ms"] is not None
-    degraded = [entry for entry in lines if entry["llm_degraded_reason"] == "upstream_failure"]
-    assert len(degraded) == 3 and all(entry["llm_outcome"] == "overloaded" for entry in degraded)
+    assert first["llm_tried"] == "primary:success"
+    # The three that met the outage: tried the primary, answered by the fallback.
+    replayed = [entry for entry in lines if entry["llm_attempts"] == "2"]
+    assert len(replayed) == 3, lines
+    for entry in replayed:
+        assert entry["llm_tried"] == "primary:overloaded,fallback:success"
+        assert entry["llm_provider"] == "fallback" and entry["llm_outcome"] == "success"
+        assert entry["llm_degraded_reason"] is None and entry["upstream_cluster"] == "llm_messages"
+    # Breaker open: straight to the fallback's own cluster.
     rerouted = lines[-1]
-    assert rerouted["llm_provider"] == "fallback" and rerouted["llm_attempts"] == "2"
+    assert rerouted["llm_provider"] == "fallback" and rerouted["llm_attempts"] == "1"
+    assert rerouted["llm_tried"] == "fallback:success"
     assert rerouted["upstream_cluster"] == "anthropic_fallback"
 
 
@@ -125,7 +137,8 @@ def test_access_log_of_a_degraded_answer_without_any_provider(stack):
     lines = [json.loads(line) for line in stack.envoy.log().splitlines() if line.startswith("{")]
     last = lines[-1]
     assert last["llm_degraded_reason"] == "no_provider_available"
-    assert last["llm_provider"] is None and last["llm_attempts"] == "2" and last["llm_model"] == MODEL
+    # No provider was tried.
+    assert last["llm_provider"] is None and last["llm_attempts"] is None and last["llm_model"] == MODEL
 
 
 def test_client_chosen_model_names_cannot_blow_up_the_stats(stack):

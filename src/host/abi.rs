@@ -17,8 +17,8 @@
 
 #![allow(dead_code)]
 
-use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
 pub use proxy_wasm::types::Status;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
 use std::ptr::{null, null_mut};
 
 /// The result of a host call: the host's status on failure.

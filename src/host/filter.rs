@@ -92,8 +92,8 @@ pub fn emit_attempt(cfg: &Config, s: &AttemptSummary) {
     let Some(p) = cfg.providers.get(s.provider) else { return };
     let model = metrics::model_tag(s.model.as_deref());
     let duration = s.end_ms.saturating_sub(s.start_ms);
-    let ttft = s.first_content_ms.map(|t| t.saturating_sub(s.start_ms));
-    let tpot = s.first_content_ms.and_then(|first| {
+    let ttft = s.first_content_ms.filter(|_| s.streamed).map(|t| t.saturating_sub(s.start_ms));
+    let tpot = s.first_content_ms.filter(|_| s.streamed).and_then(|first| {
         telemetry::time_per_output_token_us(first * 1000, s.end_ms * 1000, s.output_tokens.unwrap_or(0))
     });
     metrics::with_request_stats(&p.name, &model, |st| {
@@ -115,7 +115,9 @@ pub fn emit_attempt(cfg: &Config, s: &AttemptSummary) {
         metrics::counter(telemetry::replays(&p.name), 1);
     }
     match s.outcome {
-        crate::classify::Outcome::FirstTokenTimeout => metrics::counter(telemetry::deadlines(&p.name, "first_token"), 1),
+        crate::classify::Outcome::FirstTokenTimeout => {
+            metrics::counter(telemetry::deadlines(&p.name, "first_token"), 1)
+        }
         crate::classify::Outcome::Stalled => metrics::counter(telemetry::deadlines(&p.name, "stall"), 1),
         _ => {}
     }
@@ -224,8 +226,11 @@ impl HttpContext for Filter {
             return Action::Continue;
         }
         // Single mode: the one attempt is watched here.
-        let (ra_ms, ra) =
-            if status == 429 { (response_header("retry-after-ms"), response_header("retry-after")) } else { (None, None) };
+        let (ra_ms, ra) = if status == 429 {
+            (response_header("retry-after-ms"), response_header("retry-after"))
+        } else {
+            (None, None)
+        };
         let content_type = if ok { response_header("content-type").unwrap_or_default() } else { String::new() };
         let encoded = ok && response_header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
         let head = ResponseHead {
@@ -291,7 +296,8 @@ impl HttpContext for Filter {
         if let Some(mut a) = ex.single.take() {
             let flags = property_u64(&["response", "flags"]).unwrap_or(0);
             let details = property_string(&["response", "code_details"]);
-            let transport = details.as_deref().is_some_and(|d| d.contains("connection_failure") || d.contains("connect_error"));
+            let transport =
+                details.as_deref().is_some_and(|d| d.contains("connection_failure") || d.contains("connect_error"));
             let summary = a.finish(now, flags, transport);
             SharedHealth { cfg: &cfg }.record(summary.provider, summary.outcome, summary.probe, now);
             emit_attempt(&cfg, &summary);

@@ -4,9 +4,9 @@
 //! and histograms aggregate across workers, and gauges are only ever moved with increments,
 //! never set, because a set from one worker would overwrite another's share.
 
+use super::abi;
 use crate::classify::Outcome;
 use crate::telemetry;
-use super::abi;
 use proxy_wasm::types::MetricType;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

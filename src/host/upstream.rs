@@ -20,7 +20,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Host metadata key naming the provider of an endpoint.
-pub const PROVIDER_METADATA: [&str; 5] = ["xds", "upstream_host_metadata", "filter_metadata", "llm_failover", "provider"];
+pub const PROVIDER_METADATA: [&str; 5] =
+    ["xds", "upstream_host_metadata", "filter_metadata", "llm_failover", "provider"];
 
 pub struct Upstream {
     context_id: u32,
@@ -87,12 +88,12 @@ impl HttpContext for Upstream {
         let (Some(ex), Some(cfg)) = (registry::lookup(key), registry::config()) else { return Action::Continue };
         self.cfg = Some(cfg.clone());
         self.ex = Some(ex.clone());
-        let number = property_u64(&["upstream", "request_attempt_count"]).and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
+        let number =
+            property_u64(&["upstream", "request_attempt_count"]).and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
         let landed = property_string(&PROVIDER_METADATA);
         let headers = abi::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let current = |name: &str| {
-            headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok())
-        };
+        let current =
+            |name: &str| headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok());
         let now = now_ms();
         let start = ex.borrow_mut().start_attempt(
             &cfg,
@@ -143,8 +144,11 @@ impl HttpContext for Upstream {
         let Some(a) = self.attempt.clone() else { return Action::Continue };
         let status = response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
         let ok = (200..300).contains(&status);
-        let (ra_ms, ra) =
-            if status == 429 { (response_header("retry-after-ms"), response_header("retry-after")) } else { (None, None) };
+        let (ra_ms, ra) = if status == 429 {
+            (response_header("retry-after-ms"), response_header("retry-after"))
+        } else {
+            (None, None)
+        };
         let content_type = response_header("content-type").unwrap_or_default();
         let encoded = ok && response_header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
         let head = ResponseHead {

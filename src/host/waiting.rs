@@ -9,10 +9,10 @@
 //! [`GRACE_MS`] with the degraded answer's error form (503, `Retry-After`, the API's
 //! `overloaded_error`), which is right for streaming and non-streaming requests alike.
 
+use super::abi;
 use crate::config::{ClientApi as Api, DegradedMode, DegradedSettings};
 use crate::degraded::{degraded_response, DegradedReason};
 use crate::telemetry;
-use super::abi;
 use std::cell::RefCell;
 
 /// How long a request may wait for its body before the tick answers it.
@@ -22,7 +22,6 @@ thread_local! {
     /// (context id, held since ms, API of the client).
     static WAITING: RefCell<Vec<(u32, u64, Api)>> = const { RefCell::new(Vec::new()) };
 }
-
 
 pub fn hold(context_id: u32, now_ms: u64, api: Api) {
     WAITING.with(|w| {
@@ -63,4 +62,3 @@ pub fn answer_overdue(now_ms: u64, settings: &DegradedSettings) {
         }
     }
 }
-

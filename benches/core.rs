@@ -3,11 +3,13 @@
 //! request and per KB, outside Envoy. The Wasm build runs the same code (in V8, somewhat slower).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use llm_failover::attempt::ResponseHead;
 use llm_failover::breaker::ProviderState;
 use llm_failover::classify::{classify_end, classify_headers, Health, Outcome, StreamVerdict};
 use llm_failover::config::{self, BreakerSettings};
 use llm_failover::degraded::{degraded_response, DegradedReason};
-use llm_failover::plan;
+use llm_failover::exchange::{Exchange, RequestHead, Start};
+use llm_failover::health::{MemBudget, MemHealth};
 use llm_failover::providers::anthropic::StreamMonitor;
 use llm_failover::request_peek::RequestPeek;
 use llm_failover::request_rewrite::{rewrite, ClientRequest};
@@ -134,17 +136,48 @@ fn decisions(c: &mut Criterion) {
     let cfg = config::parse(
         br#"{"providers":[{"name":"primary","cluster":"a","authority":"api.anthropic.com","credential":{"header":"x-api-key","value":"k1"}},
                           {"name":"fallback","cluster":"b","credential":{"header":"x-api-key","value":"k2"}}],
-             "chains":[{"match":{"path_prefix":"/v1/messages"},"providers":["primary","fallback"]}]}"#,
+             "chains":[{"match":{"path_prefix":"/v1/messages"},"providers":["primary","fallback"],
+                        "failover":{"clusters":[{"cluster":"ab","providers":["primary","fallback"]}]},
+                        "deadlines":{"first_token_ms":1000}}]}"#,
         |_| None,
     )
     .unwrap();
+    let headers: Vec<(String, Vec<u8>)> = [
+        (":path", "/v1/messages"),
+        (":method", "POST"),
+        (":authority", "localhost:10000"),
+        ("content-type", "application/json"),
+        ("x-api-key", "sk-ant-client"),
+        ("anthropic-version", "2023-06-01"),
+        ("content-length", "87"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+    .collect();
+    let body = br#"{"model":"claude-opus-4-6","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+    let answer = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-opus-4-6","content":[{"type":"text","text":"Hello"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":5}}"#;
+    let mut health = MemHealth::new(2, &cfg.breaker);
+    let mut budget = MemBudget::new(&cfg.retry_budget);
     let mut g = c.benchmark_group("decide");
-    g.bench_function("chain match + choose + edits", |b| {
+    g.bench_function("request lifecycle: plan, first attempt, JSON answer (in-request failover)", |b| {
         b.iter(|| {
-            let chain = cfg.chain_for(black_box("/v1/messages"), &|_| None).unwrap();
-            let chain = &cfg.chains[chain];
-            let p = plan::choose(chain, |_| llm_failover::breaker::Admission::Admit);
-            plan::request_edits(&cfg, chain, p.choice.unwrap()).map(|e| e.cluster.len())
+            let head = RequestHead { headers: black_box(&headers), end_of_stream: false };
+            let chain = cfg.chain_for("/v1/messages", &|n| head.get(n).map(str::to_string)).unwrap();
+            let mut ex = Exchange::new(&cfg, chain, &head, true, 1_000, 7);
+            let _ = ex.on_request_headers(&cfg, &head, &mut health);
+            let _ = ex.on_request_body(&cfg, &head, black_box(body), &mut health, &mut budget);
+            let current = |n: &str| head.get(n).map(str::to_string);
+            let Start::Go { mut attempt, .. } =
+                ex.start_attempt(&cfg, 1, Some("primary"), &current, &mut health, &mut budget, 1_001, true)
+            else {
+                unreachable!()
+            };
+            let rh = ResponseHead { status: 200, content_type: "application/json", ..Default::default() };
+            attempt.on_response_headers(&rh, 1_002);
+            let _ = attempt.on_response_body(black_box(answer), true, 1_003);
+            let s = attempt.finish(1_004, 0, false);
+            ex.end_attempt(s);
+            ex.record(&cfg, 1_005)
         })
     });
     g.bench_function("degraded answer (SSE)", |b| {

@@ -314,14 +314,14 @@ impl Exchange {
         self.max_attempts =
             if self.no_replay.is_some() { 1 } else { structural.min(failover.map_or(1, |f| f.max_attempts)).max(1) };
         let mut edits: HeaderEdits = vec![(cfg.route_header.clone(), Some(route))];
-        for h in ENVOY_CONTROL_HEADERS {
-            if head.has(h) {
-                edits.push((h.to_string(), None));
-            }
-        }
         edits.push(("x-envoy-max-retries".to_string(), Some((self.max_attempts - 1).to_string())));
         if let Some(ms) = chain.deadlines.first_content_ms(self.stream) {
             edits.push(("x-envoy-upstream-rq-per-try-timeout-ms".to_string(), Some(ms.to_string())));
+        }
+        for h in ENVOY_CONTROL_HEADERS {
+            if head.has(h) && !edits.iter().any(|(k, _)| k == h) {
+                edits.push((h.to_string(), None));
+            }
         }
         Step::Forward { headers: edits, body: None }
     }
@@ -476,7 +476,6 @@ impl Exchange {
         let Some(planned) = self.plan.get(idx).copied() else {
             return Start::Reply(self.degrade(cfg, DegradedReason::Misconfigured));
         };
-        self.attempts_started = self.attempts_started.max(number);
         let mut probe = false;
         if number == 1 {
             probe = planned.probe;
@@ -559,6 +558,7 @@ impl Exchange {
             Some(r) => Some(r.model.clone()).filter(|m| validate::valid_model(m)),
             None => self.model.clone(),
         };
+        self.attempts_started = self.attempts_started.max(number);
         let attempt = Attempt::new(AttemptSetup {
             number,
             provider: planned.provider,

@@ -41,9 +41,17 @@ def test_production_config_refuses_to_load_without_a_credential():
 
 def test_production_upstreams_are_tls_with_verified_names():
     cfg = yaml.safe_load(PRODUCTION.read_text())
-    clusters = cfg["static_resources"]["clusters"]
+    all_clusters = cfg["static_resources"]["clusters"]
+    clusters = [c for c in all_clusters if "load_assignment" in c]
     assert {c["name"] for c in clusters} == {"anthropic", "vertex", "bedrock", "openai"}
+    # Every other cluster is an aggregate of those (in-request failover).
+    for c in all_clusters:
+        if "load_assignment" not in c:
+            assert c["cluster_type"]["name"] == "envoy.clusters.aggregate"
+            assert set(c["cluster_type"]["typed_config"]["clusters"]) <= {x["name"] for x in clusters}
     for c in clusters:
+        ep = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        assert ep["metadata"]["filter_metadata"]["llm_failover"]["provider"] == c["name"]
         host = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
         tls = c["transport_socket"]["typed_config"]
         assert host["port_value"] == 443

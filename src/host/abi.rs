@@ -28,6 +28,8 @@ pub type Result<T> = std::result::Result<T, Status>;
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
 
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
+
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
 
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
@@ -144,6 +146,14 @@ extern "C" {
 pub fn log(level: LogLevel, message: &str) -> Result<()> {
     // SAFETY: pointer and length of a live string; the host copies it during the call.
     check(unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) })
+}
+
+/// The host's log level for this plugin (0 trace ... 5 critical).
+pub fn get_log_level() -> Result<u32> {
+    let mut level: u32 = 0;
+    // SAFETY: `level` is a live, writable u32 for the duration of the call.
+    check(unsafe { proxy_get_log_level(&mut level) })?;
+    Ok(level)
 }
 
 /// Nanoseconds since the Unix epoch, from the host clock.

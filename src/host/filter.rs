@@ -66,6 +66,18 @@ impl Filter {
     }
 }
 
+/// An answer came back from a provider without any attempt having started: the upstream filter
+/// did not run for this route (it must be on the router's `upstream_http_filters`, or on the
+/// route's cluster, with the same `vm_id`). Logged once per VM.
+fn warn_no_upstream_filter() {
+    thread_local! { static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) }; }
+    if !WARNED.with(|w| w.replace(true)) {
+        log::error!(
+            "llm-failover: a request planned for in-request failover reached a provider without the upstream filter (llm-failover-upstream) running for it: add it to the router's upstream_http_filters with the same vm_id; until then its requests are not rewritten per attempt"
+        );
+    }
+}
+
 /// Applies header edits to a header map.
 pub fn apply_edits(map: MapType, edits: &HeaderEdits) {
     for (k, v) in edits {
@@ -215,6 +227,9 @@ impl HttpContext for Filter {
         let ok = (200..300).contains(&status);
         let details = if ok { None } else { property_string(&["response", "code_details"]) };
         if ex.mode == Mode::Attempts {
+            if ex.attempts_started == 0 && !matches!(details.as_deref(), Some(d) if d != "via_upstream") {
+                warn_no_upstream_filter();
+            }
             if let Some(resp) = ex.on_final_response(&cfg, status, details.as_deref()) {
                 drop(ex);
                 send(&resp, "llm_failover_degraded");

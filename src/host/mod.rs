@@ -24,10 +24,48 @@ mod waiting;
 
 use proxy_wasm::types::LogLevel;
 
-/// Registers the root context factory; called once per VM from `_initialize`.
+/// Registers the logger and the root context factory; called once per VM from `_initialize`.
 pub fn start() {
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Our own logger over the raw ABI: the SDK's panics on an unexpected status of proxy_log.
+    if log::set_logger(&LOGGER).is_ok() {
+        set_log_level_from_host();
+    }
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::default()) });
+}
+
+/// Formats only what the host will print: its level for the `wasm` component (read again at
+/// each configuration).
+pub fn set_log_level_from_host() {
+    let level = match abi::get_log_level() {
+        Ok(0) => log::LevelFilter::Trace,
+        Ok(1) => log::LevelFilter::Debug,
+        Ok(2) | Err(_) => log::LevelFilter::Info,
+        Ok(3) => log::LevelFilter::Warn,
+        Ok(_) => log::LevelFilter::Error,
+    };
+    log::set_max_level(level);
+}
+
+struct Logger;
+static LOGGER: Logger = Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let level = match record.level() {
+            log::Level::Error => LogLevel::Error,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Trace => LogLevel::Trace,
+        };
+        let _ = abi::log(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
 }
 
 /// Microseconds since the Unix epoch, from the host clock.

@@ -27,6 +27,7 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
+        super::set_log_level_from_host();
         let root_id = property_string(&["plugin_root_id"]).unwrap_or_default();
         if root_id.ends_with("upstream") {
             self.upstream = true;

@@ -27,8 +27,9 @@ use proxy_wasm::types::LogLevel;
 /// Registers the logger and the root context factory; called once per VM from `_initialize`.
 pub fn start() {
     // Our own logger over the raw ABI: the SDK's panics on an unexpected status of proxy_log.
+    // (The host's level cannot be asked for here, in _initialize: root contexts ask at configure.)
     if log::set_logger(&LOGGER).is_ok() {
-        set_log_level_from_host();
+        log::set_max_level(log::LevelFilter::Info);
     }
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::default()) });
 }

@@ -323,6 +323,18 @@ impl Exchange {
                 edits.push((h.to_string(), None));
             }
         }
+        // Each attempt sets its own credential; the client's go only where the chain lets them
+        // (removed here too, so that they leak nowhere even if the upstream filter is missing).
+        let keep_client = first.position == 0
+            && chain.pass_client_credentials
+            && cfg.providers.get(first.provider).is_some_and(|p| p.credential.is_none());
+        if !keep_client {
+            for h in &cfg.client_credential_headers {
+                if head.has(h) {
+                    edits.push((h.clone(), None));
+                }
+            }
+        }
         Step::Forward { headers: edits, body: None }
     }
 

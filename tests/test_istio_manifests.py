@@ -288,12 +288,26 @@ def _plugin_configs() -> list[tuple[str, dict, list[str], dict]]:
     return out
 
 
-def _envoyfilter_wasm(doc: dict) -> dict:
-    ext = [p for p in doc["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG"]
-    assert len(ext) == 1
-    tc = ext[0]["patch"]["value"]["typed_config"]
-    assert tc["@type"] == WASM_TYPE
-    return tc
+def _envoyfilter_extensions(doc: dict) -> dict[str, dict]:
+    """The EnvoyFilter's ECDS resources (EXTENSION_CONFIG, ADD): name -> typed_config."""
+    out = {}
+    for p in doc["spec"]["configPatches"]:
+        if p["applyTo"] == "EXTENSION_CONFIG":
+            assert p["patch"]["operation"] == "ADD"
+            value = p["patch"]["value"]
+            assert value["name"] not in out
+            assert value["typed_config"]["@type"] == WASM_TYPE
+            out[value["name"]] = value["typed_config"]
+    return out
+
+
+def _envoyfilter_wasm(doc: dict, upstream: bool = False) -> dict:
+    """The EnvoyFilter's downstream Wasm filter config (or its upstream, per-attempt one: the
+    root_id ending in "upstream", which is how the module tells the two apart)."""
+    found = [tc for tc in _envoyfilter_extensions(doc).values()
+             if tc["config"]["root_id"].endswith("upstream") == upstream]
+    assert len(found) == 1, f"{doc['metadata']['name']}: {len(found)} {'upstream' if upstream else 'downstream'} Wasm configs"
+    return found[0]
 
 
 PLUGIN_CONFIGS = _plugin_configs()
@@ -386,11 +400,47 @@ def test_a_missing_key_in_the_proxy_environment_is_refused(tmp_path):
     assert "field `providers[1].credential.env`" in out, out[-2000:]
 
 
+# What only the EnvoyFilter install's config has: in-request failover needs the upstream filter,
+# which a WasmPlugin or TrafficExtension cannot install (without it the filter would make one
+# attempt per request anyway, but the config would promise what the install does not do).
+IN_REQUEST_CHAIN_KEYS = ("failover", "deadlines")
+IN_REQUEST_TOP_KEYS = ("retry_budget",)
+
+
+def _without_in_request_failover(cfg: dict) -> dict:
+    out = copy.deepcopy(cfg)
+    for key in IN_REQUEST_TOP_KEYS:
+        out.pop(key, None)
+    for chain in out["chains"]:
+        for key in IN_REQUEST_CHAIN_KEYS:
+            chain.pop(key, None)
+    return out
+
+
 def test_every_copy_of_the_filter_config_is_the_same():
-    """The config is written out once per install method and mode; they must not drift apart."""
-    first_name, first, _, _ = PLUGIN_CONFIGS[0]
-    for name, cfg, _, _ in PLUGIN_CONFIGS[1:]:
+    """The config is written out once per install method and mode; they must not drift apart.
+    The one intended difference: the EnvoyFilter copy is the others plus in-request failover
+    (each chain's `failover` and `deadlines`, the top-level `retry_budget`)."""
+    single = [(n, c) for n, c, _, d in PLUGIN_CONFIGS if d["kind"] != "EnvoyFilter"]
+    envoyfilter = [(n, c) for n, c, _, d in PLUGIN_CONFIGS if d["kind"] == "EnvoyFilter"]
+    assert len(single) == 4 and len(envoyfilter) == 2
+    first_name, first = single[0]
+    for name, cfg in single[1:]:
         assert cfg == first, f"{name} differs from {first_name}"
+    for name, cfg in single:
+        assert not any(k in cfg for k in IN_REQUEST_TOP_KEYS), name
+        assert not any(k in chain for chain in cfg["chains"] for k in IN_REQUEST_CHAIN_KEYS), name
+    for name, cfg in envoyfilter:
+        assert _without_in_request_failover(cfg) == first, f"{name} differs from {first_name} beyond failover"
+        assert all(k in cfg for k in IN_REQUEST_TOP_KEYS), name
+        for chain in cfg["chains"]:
+            assert all(k in chain for k in IN_REQUEST_CHAIN_KEYS), (name, chain["name"])
+    assert envoyfilter[0][1] == envoyfilter[1][1], "the two EnvoyFilter copies differ"
+
+
+def _patches(doc: dict, apply_to: str, operation: str | None = None) -> list[dict]:
+    return [p for p in doc["spec"]["configPatches"]
+            if p["applyTo"] == apply_to and (operation is None or p["patch"]["operation"] == operation)]
 
 
 def test_wasm_settings_agree_across_install_methods():
@@ -413,15 +463,32 @@ def test_wasm_settings_agree_across_install_methods():
     for rel, _, doc in OBJECTS:
         if doc["kind"] != "EnvoyFilter":
             continue
-        http = [p for p in doc["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
-        assert len(http) == 1
-        assert http[0]["patch"]["operation"] == "INSERT_BEFORE"
-        assert http[0]["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.router"
-        _envoyfilter_wasm(doc)  # asserts the shape
-        ext = [p for p in doc["spec"]["configPatches"] if p["applyTo"] == "EXTENSION_CONFIG"][0]
-        cd = http[0]["patch"]["value"]["config_discovery"]
-        assert http[0]["patch"]["value"]["name"] == ext["patch"]["value"]["name"]
-        assert cd["type_urls"] == [WASM_TYPE]
+        down, up = _envoyfilter_wasm(doc), _envoyfilter_wasm(doc, upstream=True)
+        ext_name = {id(tc): name for name, tc in _envoyfilter_extensions(doc).items()}
+        # The downstream filter, by ECDS, right before the router.
+        (insert,) = _patches(doc, "HTTP_FILTER", "INSERT_BEFORE")
+        assert insert["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.router"
+        assert insert["patch"]["value"]["name"] == ext_name[id(down)]
+        assert insert["patch"]["value"]["config_discovery"]["type_urls"] == [WASM_TYPE]
+        # The upstream filter, by ECDS, merged into the router, before the codec.
+        (merge,) = _patches(doc, "HTTP_FILTER", "MERGE")
+        assert merge["match"]["listener"] == insert["match"]["listener"]
+        assert merge["match"].get("context") == insert["match"].get("context")
+        router = merge["patch"]["value"]["typed_config"]
+        assert set(merge["patch"]["value"]) == {"typed_config"}, "a MERGE with a name would rename the router"
+        assert router["@type"] == "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+        first, codec = router["upstream_http_filters"]
+        assert first["name"] == ext_name[id(up)]
+        assert first["config_discovery"]["type_urls"] == [WASM_TYPE]
+        assert codec["name"] == "envoy.filters.http.upstream_codec"
+        # Both share one VM: same vm_id, runtime, code and environment; both may hold a stream.
+        assert down["config"]["vm_config"] == up["config"]["vm_config"], rel
+        assert down["config"]["vm_config"]["vm_id"] == "llm-failover"
+        assert down["config"]["root_id"] == "llm-failover" and up["config"]["root_id"] == "llm-failover-upstream"
+        for c in (down, up):
+            assert c["config"]["allow_on_headers_stop_iteration"] is True
+            assert c["config"]["failure_policy"] == "FAIL_RELOAD"
+        assert "configuration" not in up["config"], "the upstream filter uses the downstream filter's config"
 
 
 def test_proxy_env_patch_provides_every_key_the_sidecar_plugin_reads():

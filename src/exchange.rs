@@ -104,8 +104,9 @@ pub struct Exchange {
     pub authority: Option<String>,
     pub same_model_only: bool,
     betas: Option<String>,
-    /// The client's body, parsed (when it was read).
-    pub request: Option<ClientRequest>,
+    /// The client's body (when it was read) and, once a rewrite needed it, its parsed form.
+    body: Vec<u8>,
+    parsed: Option<Result<ClientRequest, validate::BadRequest>>,
     /// The client's model, when valid.
     pub model: Option<String>,
     pub stream: bool,
@@ -117,6 +118,8 @@ pub struct Exchange {
     pub attempts_started: u32,
     pub summaries: Vec<AttemptSummary>,
     pub no_replay: Option<NoReplay>,
+    /// The body has been read (the walk may look at the model).
+    body_read: bool,
     /// A local reply went to the client (from either side).
     pub replied: bool,
     pub degraded: Option<DegradedReason>,
@@ -148,7 +151,8 @@ impl Exchange {
             authority: head.get(":authority").map(str::to_string),
             same_model_only: head.get(SAME_MODEL_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("required")),
             betas: head.get("anthropic-beta").map(str::to_string),
-            request: None,
+            body: Vec::new(),
+            parsed: None,
             model: None,
             stream: false,
             plan: Vec::new(),
@@ -157,6 +161,7 @@ impl Exchange {
             attempts_started: 0,
             summaries: Vec::new(),
             no_replay: None,
+            body_read: false,
             replied: false,
             degraded: None,
             refused: None,
@@ -190,12 +195,10 @@ impl Exchange {
             }
         }
         // Single: route at the headers when the first admissible provider takes the request as it is.
-        let w = plan::walk(
-            cfg,
-            chain,
-            WalkInput { request: None, same_model_only: self.same_model_only, max: 1, now_ms: self.start_ms },
-            health,
-        );
+        let w = match self.walk(cfg, 1, health) {
+            Ok(w) => w,
+            Err(step) => return step,
+        };
         if let Some(first) = w.plan.first().copied() {
             self.plan = w.plan;
             return self.forward_single(cfg, head, first, None);
@@ -241,21 +244,71 @@ impl Exchange {
 
     /// Parses and checks the client's body; a bad one is answered 400 in the client's format.
     fn read_body(&mut self, body: &[u8]) -> Result<(), Step> {
+        self.body_read = true;
         if body.is_empty() {
             return Ok(());
         }
-        let value = match validate::parse_body(body) {
-            Ok(v) => v,
-            Err(e) => return Err(self.refuse(&e)),
-        };
-        match validate::check_model(&value) {
-            Ok(m) => self.model = m.map(str::to_string),
+        match validate::peek_body(body) {
+            Ok(p) => {
+                self.model = p.model;
+                self.stream = p.stream;
+            }
             Err(e) => return Err(self.refuse(&e)),
         }
-        self.stream = value.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(false);
-        let req = ClientRequest { api: self.client, path: self.path.clone(), body: value, betas: Vec::new() };
-        self.request = Some(req.with_betas(self.betas.as_deref()));
+        self.body = body.to_vec();
         Ok(())
+    }
+
+    /// The client's request, parsed on first use (only requests rewritten for a host need it).
+    fn client_request(&mut self) -> Result<&ClientRequest, validate::BadRequest> {
+        if self.parsed.is_none() {
+            let parsed = validate::parse_body(&self.body).map(|value| {
+                ClientRequest { api: self.client, path: self.path.clone(), body: value, betas: Vec::new() }
+                    .with_betas(self.betas.as_deref())
+            });
+            self.parsed = Some(parsed);
+        }
+        match self.parsed.as_ref() {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(validate::BadRequest::NotJson("no body".to_string())),
+        }
+    }
+
+    /// Runs the chain walk, with the body or (before it is in) without.
+    fn walk(&mut self, cfg: &Config, max: usize, health: &mut dyn Health) -> Result<plan::Walk, Step> {
+        let Some(chain) = cfg.chains.get(self.chain) else { return Err(Step::Continue) };
+        let model = self.model.clone();
+        let input = WalkInput {
+            body_known: self.body_read,
+            model: model.as_deref(),
+            same_model_only: self.same_model_only,
+            max,
+            now_ms: self.start_ms,
+        };
+        let mut bad = None;
+        let w = {
+            let mut rewriter = |p: usize, position: usize| -> Result<Rewrite, Unfit> {
+                let (Some(provider), Some(models)) = (cfg.providers.get(p), chain.models.get(position)) else {
+                    return Err(Unfit::BadBody);
+                };
+                match self.client_request() {
+                    Ok(req) => rewrite(req, provider, models, cfg.default_max_tokens),
+                    Err(e) => {
+                        bad = Some(e);
+                        Err(Unfit::BadBody)
+                    }
+                }
+            };
+            plan::walk(cfg, chain, input, &mut rewriter, health)
+        };
+        if let Some(e) = bad {
+            if let Some(first) = w.plan.first().filter(|f| f.probe) {
+                health.abandon_probe(first.provider);
+            }
+            return Err(self.refuse(&e));
+        }
+        Ok(w)
     }
 
     fn refuse(&mut self, why: &validate::BadRequest) -> Step {
@@ -275,17 +328,11 @@ impl Exchange {
     fn plan_attempts(&mut self, cfg: &Config, head: &RequestHead<'_>, health: &mut dyn Health) -> Step {
         let Some(chain) = self.chain(cfg) else { return Step::Continue };
         let max = if self.no_replay.is_some() { 1 } else { chain.providers.len() };
-        let w = plan::walk(
-            cfg,
-            chain,
-            WalkInput {
-                request: self.request.as_ref(),
-                same_model_only: self.same_model_only,
-                max,
-                now_ms: self.start_ms,
-            },
-            health,
-        );
+        let w = match self.walk(cfg, max, health) {
+            Ok(w) => w,
+            Err(step) => return step,
+        };
+        let Some(chain) = self.chain(cfg) else { return Step::Continue };
         if let Some((p, u)) = &w.refusal {
             return Step::Reply(self.refuse_untranslatable(cfg, *p, u));
         }
@@ -346,19 +393,11 @@ impl Exchange {
         body: &[u8],
         health: &mut dyn Health,
     ) -> Step {
-        let Some(chain) = self.chain(cfg) else { return Step::Continue };
         let _ = body;
-        let w = plan::walk(
-            cfg,
-            chain,
-            WalkInput {
-                request: self.request.as_ref(),
-                same_model_only: self.same_model_only,
-                max: 1,
-                now_ms: self.start_ms,
-            },
-            health,
-        );
+        let w = match self.walk(cfg, 1, health) {
+            Ok(w) => w,
+            Err(step) => return step,
+        };
         if let Some((p, u)) = &w.refusal {
             return Step::Reply(self.refuse_untranslatable(cfg, *p, u));
         }
@@ -425,7 +464,7 @@ impl Exchange {
     /// The model the client asked for, once known and valid (single mode, from a streaming
     /// look at the body of a request routed at its headers).
     pub fn learn_model(&mut self, model: Option<String>, stream: bool) {
-        if self.request.is_none() {
+        if !self.body_read {
             self.model = model.filter(|m| validate::valid_model(m));
             self.stream = stream;
             if let Some(a) = self.single.as_mut() {
@@ -448,7 +487,7 @@ impl Exchange {
         if let Some((_, rw)) = self.rewrites.iter().find(|(q, _)| *q == provider) {
             return Ok(Some(rw.clone()));
         }
-        let Some(req) = self.request.as_ref() else { return Err(Unfit::BadBody) };
+        let Ok(req) = self.client_request() else { return Err(Unfit::BadBody) };
         let rw = rewrite(req, p, models, cfg.default_max_tokens)?;
         self.rewrites.push((provider, rw.clone()));
         Ok(Some(rw))

@@ -17,7 +17,7 @@ use crate::breaker::{Admission, Peek};
 use crate::config::OnUntranslatable;
 use crate::config::{Chain, Config, FailoverCluster};
 use crate::health::Health;
-use crate::request_rewrite::{rewrite, ClientRequest, Rewrite, Unfit};
+use crate::request_rewrite::{Rewrite, Unfit};
 use crate::translate::Untranslatable;
 
 /// One provider of a request's plan.
@@ -48,8 +48,10 @@ pub struct Walk {
 /// What the walk knows of the request.
 #[derive(Debug, Clone, Copy)]
 pub struct WalkInput<'a> {
-    /// The parsed body; None when the walk must decide before the body is in.
-    pub request: Option<&'a ClientRequest>,
+    /// The body is in (else the walk stops at the first provider that needs it).
+    pub body_known: bool,
+    /// The client's model, from the body.
+    pub model: Option<&'a str>,
     /// The client accepts only hosts of the same model (`x-llm-failover-same-model: required`).
     pub same_model_only: bool,
     /// Stop after this many providers (1: the request gets one attempt).
@@ -57,8 +59,18 @@ pub struct WalkInput<'a> {
     pub now_ms: u64,
 }
 
+/// Rewrites the request for (provider, chain position): how the walk checks that the first
+/// provider needing a rewrite can take the request.
+pub type Rewriter<'a> = dyn FnMut(usize, usize) -> Result<Rewrite, Unfit> + 'a;
+
 /// Walks `chain` (see the module documentation).
-pub fn walk(cfg: &Config, chain: &Chain, input: WalkInput<'_>, health: &mut dyn Health) -> Walk {
+pub fn walk(
+    cfg: &Config,
+    chain: &Chain,
+    input: WalkInput<'_>,
+    rewriter: &mut Rewriter<'_>,
+    health: &mut dyn Health,
+) -> Walk {
     let mut out = Walk { plan: Vec::new(), needs_body_at: None, refusal: None, first_rewrite: None };
     let client = chain.client_api;
     for (position, &p) in chain.providers.iter().enumerate() {
@@ -69,24 +81,24 @@ pub fn walk(cfg: &Config, chain: &Chain, input: WalkInput<'_>, health: &mut dyn 
             continue;
         }
         let (Some(provider), Some(models)) = (cfg.providers.get(p), chain.models.get(position)) else { continue };
-        let model = input.request.and_then(ClientRequest::model);
+        let model = input.model;
         let passes = models.passes_through(provider.api, client, model);
         let mut rewritten = None;
         if !passes {
-            let Some(req) = input.request else {
+            if !input.body_known {
                 // The body decides whether this provider fits: stop here.
                 if out.plan.is_empty() {
                     out.needs_body_at = Some(position);
                 }
                 break;
-            };
+            }
             let Some(m) = model else { continue };
             if models.model_for(provider.api, client, m).is_none() {
                 continue;
             }
             if out.plan.is_empty() {
                 // The first to serve: rewrite now, both to check the fit and to send it.
-                match rewrite(req, provider, models, cfg.default_max_tokens) {
+                match rewriter(p, position) {
                     Ok(rw) => rewritten = Some(rw),
                     Err(Unfit::Untranslatable(u)) if chain.on_untranslatable == OnUntranslatable::Refuse => {
                         if !matches!(health.peek(p, input.now_ms), Peek::Reject(_)) {
@@ -222,7 +234,11 @@ mod tests {
     }
 
     fn input(max: usize) -> WalkInput<'static> {
-        WalkInput { request: None, same_model_only: false, max, now_ms: 1_000 }
+        WalkInput { body_known: false, model: None, same_model_only: false, max, now_ms: 1_000 }
+    }
+
+    fn no_rewrite(_: usize, _: usize) -> Result<Rewrite, Unfit> {
+        Err(Unfit::BadBody)
     }
 
     fn open(h: &mut MemHealth, p: usize) {
@@ -236,12 +252,12 @@ mod tests {
     fn the_plan_is_every_admissible_provider_in_chain_order() {
         let c = cfg(false);
         let mut h = MemHealth::new(3, &c.breaker);
-        let w = walk(&c, &c.chains[0], input(10), &mut h);
+        let w = walk(&c, &c.chains[0], input(10), &mut no_rewrite, &mut h);
         let order: Vec<usize> = w.plan.iter().map(|p| p.provider).collect();
         assert_eq!(order, vec![0, 1, 2]);
         assert_eq!(failover_cluster(&c.chains[0].failover.as_ref().unwrap().clusters, &w.plan).unwrap().cluster, "abc");
         // max 1: one attempt.
-        assert_eq!(walk(&c, &c.chains[0], input(1), &mut h).plan.len(), 1);
+        assert_eq!(walk(&c, &c.chains[0], input(1), &mut no_rewrite, &mut h).plan.len(), 1);
     }
 
     #[test]
@@ -250,19 +266,19 @@ mod tests {
         let clusters = &c.chains[0].failover.as_ref().unwrap().clusters;
         let mut h = MemHealth::new(3, &c.breaker);
         open(&mut h, 0);
-        let w = walk(&c, &c.chains[0], input(10), &mut h);
+        let w = walk(&c, &c.chains[0], input(10), &mut no_rewrite, &mut h);
         assert_eq!(w.plan.iter().map(|p| p.provider).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(failover_cluster(clusters, &w.plan).unwrap().cluster, "bc");
         // A gap in the middle: a cluster that skips it.
         let mut h = MemHealth::new(3, &c.breaker);
         open(&mut h, 1);
-        let w = walk(&c, &c.chains[0], input(10), &mut h);
+        let w = walk(&c, &c.chains[0], input(10), &mut no_rewrite, &mut h);
         assert_eq!(failover_cluster(clusters, &w.plan).unwrap().cluster, "ac");
         // Only the last left: its own cluster.
         let mut h = MemHealth::new(3, &c.breaker);
         open(&mut h, 0);
         open(&mut h, 1);
-        let w = walk(&c, &c.chains[0], input(10), &mut h);
+        let w = walk(&c, &c.chains[0], input(10), &mut no_rewrite, &mut h);
         assert_eq!(w.plan.len(), 1);
         assert_eq!(failover_cluster(clusters, &w.plan), None);
     }
@@ -274,7 +290,7 @@ mod tests {
         open(&mut h, 1);
         // Past b's open period: a request looks at it without claiming its probe slot.
         let later = WalkInput { now_ms: 1_000 + c.breaker.max_open_ms * 2, ..input(10) };
-        let w = walk(&c, &c.chains[0], later, &mut h);
+        let w = walk(&c, &c.chains[0], later, &mut no_rewrite, &mut h);
         assert_eq!(w.plan.len(), 3);
         assert!(!w.plan[1].probe);
         assert_eq!(h.peek(1, later.now_ms), Peek::NeedsClaim, "b's probe slot is still free");

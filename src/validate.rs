@@ -49,6 +49,40 @@ pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, BadRequest> {
     Ok(value)
 }
 
+/// The two top-level fields the filter needs from a body, read without building its tree.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Peeked {
+    /// The valid model name, if the body has one.
+    pub model: Option<String>,
+    pub stream: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Top {
+    #[serde(default)]
+    model: Option<serde_json::Value>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
+}
+
+/// Checks that a body is a JSON object (UTF-8, well-formed) and reads its `model` (checked with
+/// [`check_model`]) and `stream`, skipping everything else without allocating it.
+pub fn peek_body(body: &[u8]) -> Result<Peeked, BadRequest> {
+    let text = std::str::from_utf8(body).map_err(|_| BadRequest::NotJson("it is not UTF-8".to_string()))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(BadRequest::NotJson("the top level must be an object".to_string()));
+    }
+    let top: Top = serde_json::from_str(text).map_err(|e| BadRequest::NotJson(e.to_string()))?;
+    let model = match top.model {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => {
+            let obj = serde_json::json!({ "model": v });
+            check_model(&obj)?.map(str::to_string)
+        }
+    };
+    Ok(Peeked { model, stream: top.stream.and_then(|v| v.as_bool()).unwrap_or(false) })
+}
+
 /// Checks the body's `model`, if it has one (a missing model is the host's to refuse, unless the
 /// filter must map it).
 pub fn check_model(body: &serde_json::Value) -> Result<Option<&str>, BadRequest> {
@@ -111,6 +145,16 @@ mod tests {
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(1000), "]".repeat(1000));
         assert!(matches!(parse_body(deep.as_bytes()), Err(BadRequest::NotJson(m)) if m.contains("recursion")));
         assert!(parse_body(br#"{"model":"m"}"#).is_ok());
+    }
+
+    #[test]
+    fn the_peek_reads_model_and_stream_and_refuses_what_parse_refuses() {
+        let p = peek_body(br#"{"messages":[{"role":"user","content":"model"}],"model":"m-1","stream":true}"#).unwrap();
+        assert_eq!(p, Peeked { model: Some("m-1".into()), stream: true });
+        assert_eq!(peek_body(b" {}").unwrap(), Peeked::default());
+        for bad in [&b"{not json"[..], b"[1]", b"\xff{}", br#"{"model":"a\r\nb"}"#, br#"{"model":7}"#, b"{} x"] {
+            assert!(peek_body(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

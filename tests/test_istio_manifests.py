@@ -11,7 +11,13 @@ No Kubernetes cluster runs here. What is checked, and how:
   the test, so none is silently skipped);
 - filter config: every pluginConfig (WasmPlugin, TrafficExtension) and the JSON of every
   EnvoyFilter goes through `envoy --mode validate`, which runs the filter's on_configure;
-- routing: the VirtualServices are evaluated for each route-header value the filter can set.
+- routing: the VirtualServices are evaluated for each route-header value the filter can set;
+- the EnvoyFilter install (in-request failover): its clusters and route checked against its own
+  filter config; its patches applied, with istiod's semantics restated here, to a skeleton of what
+  istiod generates for the proxy; the resulting bootstrap through `envoy --mode validate` on the
+  suite's Envoy and 1.36.4 (when installed), and run for real with the module delivered by ECDS
+  and the provider clusters pointed at mock providers (plain text): one request failing over
+  within itself.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 import yaml
 
-from stack import WASM, _wasm_filter, build_envoy_config, envoy_binary, free_port
+from stack import WASM, _wasm_filter, build_envoy_config, envoy_binary, free_port, sse_events
 
 ROOT = Path(__file__).resolve().parent.parent
 ISTIO = ROOT / "istio"
@@ -614,3 +621,491 @@ def test_egress_gateway_carries_every_provider_host():
     for wp in k["WasmPlugin"] + k["TrafficExtension"]:
         assert wp["spec"]["selector"]["matchLabels"] == gw["spec"]["selector"]
         assert wp["metadata"]["namespace"] == gw["metadata"]["namespace"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The EnvoyFilter install in a real Envoy: its patches applied, as istiod applies them, to a
+# skeleton of what istiod generates for the proxy; the module delivered by ECDS, as istio-agent
+# hands it over; the result validated and run.
+# ---------------------------------------------------------------------------------------------
+
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+ECDS_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+AGGREGATE = "envoy.clusters.aggregate"
+
+# Per mode: the patch context, the listener the apps' requests reach (name and port as istiod
+# generates them) and the name of its route configuration (sidecar: the port; gateway:
+# https.<port>.<port name>.<Gateway name>.<namespace> for an HTTPS server it terminates).
+ISTIO_PROXY = {
+    "sidecar": {"context": "SIDECAR_OUTBOUND", "gateway": "mesh", "listener": ("0.0.0.0_80", 80),
+                "route_config": "80"},
+    "egress-gateway": {"context": "GATEWAY", "gateway": "istio-system/llm-egressgateway",
+                       "listener": ("0.0.0.0_8080", 8080),
+                       "route_config": "https.80.https-llm-egress.llm-egressgateway.istio-system"},
+}
+
+
+def _envoyfilter(mode: str) -> dict:
+    (doc,) = [d for r, _, d in OBJECTS if r == f"{mode}/envoyfilter.yaml"]
+    return doc
+
+
+def _istio_cluster_name(dest: dict) -> str:
+    return f"outbound|{dest['port']['number']}|{dest.get('subset', '')}|{dest['host']}"
+
+
+def _istio_skeleton(mode: str) -> dict:
+    """What istiod generates for the proxy, reduced to what the patches touch: the HTTP listener
+    the apps' requests reach, its HCM ending in Istio's router (no upstream filters of its own),
+    the route configuration translated from egress.yaml's VirtualServices (a virtual host
+    `<host>:80` per host, routes to `outbound|<port>|<subset>|<host>`; on a sidecar also the
+    `allow_any` virtual host), and those clusters (static, on a closed local port)."""
+    ctx = ISTIO_PROXY[mode]
+    _, k = _mode(mode)
+    dead = free_port()
+    vhosts, clusters = [], {}
+    for vs in k["VirtualService"]:
+        routes = []
+        for r in vs["spec"]["http"]:
+            for m in r.get("match") or [{}]:
+                if ctx["gateway"] not in m.get("gateways", vs["spec"].get("gateways", ["mesh"])):
+                    continue
+                (dest,) = [d["destination"] for d in r["route"]]
+                cname = _istio_cluster_name(dest)
+                clusters[cname] = dead
+                match = {"prefix": "/"}
+                if m.get("headers"):
+                    match["headers"] = [{"name": h, "string_match": {"exact": s["exact"]}}
+                                        for h, s in m["headers"].items()]
+                routes.append({"name": r.get("name", ""), "match": match,
+                               "route": {"cluster": cname, "timeout": r.get("timeout", "0s")}})
+        for host in vs["spec"]["hosts"]:
+            vhosts.append({"name": f"{host}:80", "domains": [host, f"{host}:80"], "routes": copy.deepcopy(routes)})
+    if mode == "sidecar":
+        clusters["PassthroughCluster"] = dead
+        vhosts.append({"name": "allow_any", "domains": ["*"],
+                       "routes": [{"name": "allow_any", "match": {"prefix": "/"},
+                                   "route": {"cluster": "PassthroughCluster", "timeout": "0s"}}]})
+    name, port = ctx["listener"]
+    hcm = {"@type": HCM_TYPE, "stat_prefix": f"outbound_{name}", "codec_type": "AUTO",
+           "route_config": {"name": ctx["route_config"], "virtual_hosts": vhosts},
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}]}
+    return {
+        "listeners": [{"name": name, "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+                       "filter_chains": [{"filters": [{"name": HCM_NAME, "typed_config": hcm}]}]}],
+        "clusters": [{"name": n, "type": "STATIC", "connect_timeout": "1s",
+                      "load_assignment": {"cluster_name": n, "endpoints": [{"lb_endpoints": [
+                          {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}]}]}}
+                     for n, p in clusters.items()],
+    }
+
+
+def _proto_merge(dst: dict, src: dict) -> None:
+    """proto.Merge on the JSON form, as Istio's MERGE does: scalars replaced, messages merged,
+    repeated fields appended; an Any merges only into an Any of the same type
+    (util.MergeAnyWithAny; on a type mismatch Istio keeps the original)."""
+    if "@type" in src and dst.get("@type", src["@type"]) != src["@type"]:
+        return
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _proto_merge(dst[key], value)
+        elif isinstance(value, list) and isinstance(dst.get(key), list):
+            dst[key].extend(copy.deepcopy(value))
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def _rds_match(ctx: dict, rc_name: str, m: dict) -> bool:
+    """routeConfigurationMatch of istiod (pilot/pkg/networking/core/envoyfilter/rc_patch.go)."""
+    if m.get("name") and m["name"] != rc_name:
+        return False
+    if ctx["context"] != "GATEWAY":
+        return not m.get("portNumber") or str(m["portNumber"]) == rc_name
+    parts = rc_name.split(".")
+    port, port_name, gateway = ((int(parts[1]), parts[2], f"{parts[4]}/{parts[3]}") if parts[0] == "https"
+                                else (int(parts[1]), "", ""))
+    return ((not m.get("portNumber") or m["portNumber"] == port)
+            and (not m.get("portName") or m["portName"] == port_name)
+            and (not m.get("gateway") or m["gateway"] == gateway))
+
+
+def _apply_envoyfilter(mode: str, doc: dict) -> tuple[dict, dict[str, dict]]:
+    """The skeleton with the EnvoyFilter's patches applied, with istiod's semantics for each
+    (applyTo, operation) used here; any other combination fails the test rather than being
+    skipped, and so does a patch that matches nothing (istiod would ignore it silently).
+    Returns (static_resources, ECDS resources by name)."""
+    ctx = ISTIO_PROXY[mode]
+    res = _istio_skeleton(mode)
+    ecds: dict[str, dict] = {}
+    for i, cp in enumerate(doc["spec"]["configPatches"]):
+        where = f"{mode}/envoyfilter.yaml configPatches[{i}] ({cp['applyTo']} {cp['patch']['operation']})"
+        match, op, value = cp.get("match", {}), cp["patch"]["operation"], cp["patch"]["value"]
+        assert match.get("context", "ANY") in ("ANY", ctx["context"]), f"{where}: context {match.get('context')}"
+        hits = 0
+        lmatch = match.get("listener", {})
+        listeners = [x for x in res["listeners"]
+                     if not lmatch.get("portNumber") or lmatch["portNumber"] == x["address"]["socket_address"]["port_value"]]
+        if cp["applyTo"] == "EXTENSION_CONFIG" and op == "ADD":
+            ecds[value["name"]] = copy.deepcopy(value["typed_config"])
+            hits = 1
+        elif cp["applyTo"] == "CLUSTER" and op == "ADD":
+            assert value["name"] not in {c["name"] for c in res["clusters"]}, f"{where}: cluster name taken"
+            res["clusters"].append(copy.deepcopy(value))
+            hits = 1
+        elif cp["applyTo"] == "LISTENER" and op == "MERGE":
+            for listener in listeners:
+                _proto_merge(listener, value)
+                hits += 1
+        elif cp["applyTo"] == "HTTP_FILTER" and op in ("INSERT_BEFORE", "MERGE"):
+            fmatch = lmatch.get("filterChain", {}).get("filter", {})
+            assert fmatch.get("name") == HCM_NAME and fmatch.get("subFilter", {}).get("name"), where
+            sub = fmatch["subFilter"]["name"]
+            for listener in listeners:
+                for chain in listener["filter_chains"]:
+                    for f in chain["filters"]:
+                        if f["name"] != HCM_NAME:
+                            continue
+                        filters = f["typed_config"]["http_filters"]
+                        idx = [j for j, h in enumerate(filters) if h["name"] == sub]
+                        for j in idx:
+                            if op == "INSERT_BEFORE":
+                                filters.insert(j, copy.deepcopy(value))
+                            else:
+                                assert "name" not in value, f"{where}: a MERGE with a name renames the filter"
+                                _proto_merge(filters[j], value)
+                            hits += 1
+        elif cp["applyTo"] == "HTTP_ROUTE" and op == "INSERT_FIRST":
+            rmatch = match.get("routeConfiguration", {})
+            assert "route" not in rmatch.get("vhost", {}), f"{where}: a route match is not modelled"
+            for listener in res["listeners"]:
+                for chain in listener["filter_chains"]:
+                    for f in chain["filters"]:
+                        rc = f["typed_config"].get("route_config") if f["name"] == HCM_NAME else None
+                        if rc is None or not _rds_match(ctx, rc["name"], rmatch):
+                            continue
+                        for vh in rc["virtual_hosts"]:
+                            if rmatch.get("vhost", {}).get("name") in (None, vh["name"]):
+                                vh["routes"].insert(0, copy.deepcopy(value))
+                                hits += 1
+        else:
+            raise AssertionError(f"{where}: not modelled by this test")
+        assert hits, f"{where}: matches nothing in what istiod generates"
+    return res, ecds
+
+
+def _agent_fetched(typed: dict) -> dict:
+    """What istio-agent hands Envoy for a Wasm ECDS resource: the remote module (oci:// or
+    https://, with its sha256) replaced by the local file it fetched (pkg/wasm/convert.go)."""
+    t = copy.deepcopy(typed)
+    code = t["config"]["vm_config"]["code"]
+    remote = code.pop("remote")
+    assert remote["http_uri"]["uri"].startswith(("oci://", "https://"))
+    assert re.fullmatch(r"[0-9a-f]{64}", remote["sha256"])
+    code["local"] = {"filename": str(WASM)}
+    return t
+
+
+def _http_filter_lists(res: dict):
+    """Every list of HTTP filters: each HCM's, and each router's upstream_http_filters."""
+    for listener in res["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                if f["name"] == HCM_NAME:
+                    filters = f["typed_config"]["http_filters"]
+                    yield filters
+                    for h in filters:
+                        if h.get("typed_config", {}).get("@type") == ROUTER_TYPE:
+                            yield h["typed_config"].get("upstream_http_filters", [])
+
+
+def _bootstrap(mode: str, workdir: Path, ecds_by_file: bool, listen_port: int, admin_port: int) -> dict:
+    """A complete Envoy bootstrap from the EnvoyFilter. The ECDS resources come from files
+    (`ecds_by_file`: path_config_source in place of the ADS stream, the real ECDS code path) or are
+    put inline (typed_config in place of config_discovery)."""
+    res, ecds = _apply_envoyfilter(mode, _envoyfilter(mode))
+    for filters in _http_filter_lists(res):
+        for j, h in enumerate(filters):
+            cd = h.get("config_discovery")
+            if cd is None:
+                continue
+            assert h["name"] in ecds, f"{h['name']}: no EXTENSION_CONFIG of that name"
+            resource = _agent_fetched(ecds[h["name"]])
+            assert resource["@type"] in cd["type_urls"]
+            assert "ads" in cd["config_source"]
+            if ecds_by_file:
+                path = workdir / f"ecds-{h['name']}.json"
+                path.write_text(json.dumps({"version_info": "1", "resources": [
+                    {"@type": ECDS_TYPE, "name": h["name"], "typed_config": resource}]}))
+                source = {k: v for k, v in cd["config_source"].items() if k != "ads"}
+                source.update({"path_config_source": {"path": str(path)}, "resource_api_version": "V3"})
+                cd["config_source"] = source
+            else:
+                filters[j] = {"name": h["name"], "typed_config": resource}
+    (listener,) = res["listeners"]
+    listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
+    # A node identity as istio-agent gives Envoy (ECDS subscriptions need one).
+    node = {"id": f"{'router' if mode == 'egress-gateway' else 'sidecar'}~10.0.0.1~test.{mode}~cluster.local",
+            "cluster": f"test.{mode}"}
+    return {"node": node,
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "static_resources": res}
+
+
+def _envoy_binaries() -> list[tuple[str, str]]:
+    """(version, path): the Envoy the suite runs (ENVOY, default the pinned 1.40), and the pinned
+    1.40 and 1.36.4 (the oldest supported) when present."""
+    out, seen = [], set()
+    try:
+        candidates = [envoy_binary()]
+    except RuntimeError:
+        candidates = []
+    candidates += [str(ROOT / ".tools" / "bin" / "envoy"), str(ROOT / ".tools" / "envoy-1.36.4" / "envoy" / "_bin" / "envoy")]
+    for path in candidates:
+        if not os.access(path, os.X_OK) or os.path.realpath(path) in seen:
+            continue
+        seen.add(os.path.realpath(path))
+        v = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+        m = re.search(r"/(\d+\.\d+\.\d+)/", v)
+        out.append((f"envoy-{m.group(1) if m else 'unknown'}", path))
+    return out
+
+
+ENVOYS = _envoy_binaries()
+EF_KEYS = {"ANTHROPIC_API_KEY": "sk-ant-test-primary", "FALLBACK_API_KEY": "test-fallback-key"}
+
+
+def _run_env() -> dict[str, str]:
+    return {**os.environ, **EF_KEYS}
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _added_clusters(doc: dict) -> dict[str, dict]:
+    return {p["patch"]["value"]["name"]: p["patch"]["value"] for p in _patches(doc, "CLUSTER", "ADD")}
+
+
+def _failover_route(doc: dict) -> dict:
+    (route,) = _patches(doc, "HTTP_ROUTE")
+    return route["patch"]["value"]
+
+
+@pytest.mark.parametrize("mode", ["sidecar", "egress-gateway"])
+def test_envoyfilter_clusters_and_route_fit_the_filter_config(mode):
+    """What in-request failover needs of the Envoy config, checked against the EnvoyFilter's own
+    filter config: a cluster per provider whose endpoints name that provider, TLS to its host; an
+    aggregate per failover cluster, its sub-clusters in chain order, for every ordered subset of
+    a chain's providers (as scripts/failover_clusters.py generates them); the route that reads the
+    cluster from the filter's header and retries as the filter expects."""
+    doc = _envoyfilter(mode)
+    cfg = json.loads(_envoyfilter_wasm(doc)["config"]["configuration"]["value"])
+    clusters = _added_clusters(doc)
+    cluster_of = {p["name"]: p["cluster"] for p in cfg["providers"]}
+    for p in cfg["providers"]:
+        c = clusters[p["cluster"]]
+        assert c["type"] == "LOGICAL_DNS"
+        (ep,) = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert c["load_assignment"]["cluster_name"] == c["name"]
+        assert ep["metadata"] == {"filter_metadata": {"llm_failover": {"provider": p["name"]}}}, p["name"]
+        addr = ep["endpoint"]["address"]["socket_address"]
+        assert (addr["address"], addr["port_value"]) == (p["authority"], 443)
+        tls = c["transport_socket"]["typed_config"]
+        assert tls["@type"].endswith("UpstreamTlsContext")
+        assert tls["sni"] == p["authority"]
+        vc = tls["common_tls_context"]["validation_context"]
+        assert vc["trusted_ca"]["filename"]
+        assert vc["match_typed_subject_alt_names"] == [{"san_type": "DNS", "matcher": {"exact": p["authority"]}}]
+    script = _load_script("failover_clusters")
+    aggregates = {n: c for n, c in clusters.items() if c.get("cluster_type", {}).get("name") == AGGREGATE}
+    expected = set()
+    for chain in cfg["chains"]:
+        names = [e if isinstance(e, str) else e["provider"] for e in chain["providers"]]
+        wanted = {script.cluster_name(chain["name"], s): s for s in script.subsets(names, False)}
+        got = {fc["cluster"]: fc["providers"] for fc in chain["failover"]["clusters"]}
+        assert got == wanted, f"{chain['name']}: failover clusters are not every ordered subset"
+        for name, providers in got.items():
+            agg = aggregates[name]
+            assert agg["cluster_type"]["typed_config"]["clusters"] == [cluster_of[n] for n in providers]
+            assert agg["lb_policy"] == "CLUSTER_PROVIDED"
+            assert agg["circuit_breakers"]["thresholds"][0]["max_retries"] >= 10000
+            expected.add(name)
+    assert set(aggregates) == expected, "an aggregate cluster no chain uses"
+    assert set(clusters) == expected | set(cluster_of.values())
+    # The route: cluster from the filter's header, the retry policy in-request failover relies on.
+    route = _failover_route(doc)
+    header = cfg.get("route_header", "x-llm-failover-cluster")
+    assert route["match"] == {"prefix": "/", "headers": [{"name": header, "present_match": True}]}
+    assert route["route"]["cluster_header"] == header
+    rp = route["route"]["retry_policy"]
+    assert set(rp["retry_on"].split(",")) == {"reset", "connect-failure", "refused-stream", "retriable-headers"}
+    assert rp["num_retries"] == 1
+    assert rp["retriable_headers"] == [{"name": "x-llm-failover-retry", "present_match": True}]
+    assert rp["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    for chain in cfg["chains"]:
+        same = chain["failover"].get("same_provider_retries", 0)
+        assert rp["retry_priority"]["typed_config"]["update_frequency"] == same + 1
+    assert rp["retry_back_off"] == {"base_interval": "0.001s", "max_interval": "0.01s"}
+    # Timeouts: the route's bounds the whole answer, as egress.yaml's routes do; every deadline
+    # of the filter fits under it, and a breaker probe outlives it.
+    route_ms = _duration_ms(route["route"]["timeout"])
+    _, k = _mode(mode)
+    assert {r.get("timeout") for vs in k["VirtualService"] for r in vs["spec"]["http"]
+            if r["route"][0]["destination"]["port"]["number"] == 443} == {route["route"]["timeout"]}
+    for chain in cfg["chains"]:
+        assert all(0 < v < route_ms for v in chain["deadlines"].values()), chain["deadlines"]
+    assert cfg["breaker"]["probe_timeout_ms"] > route_ms
+
+
+@pytest.mark.parametrize("mode", ["sidecar", "egress-gateway"])
+def test_the_envoyfilter_patches_apply_to_what_istiod_generates(tmp_path, mode):
+    """Every patch lands (_apply_envoyfilter fails on one that matches nothing), and the result
+    has the shape of envoy/demo.yaml: the downstream filter right before the router, the router's
+    upstream filters = [the upstream Wasm filter, the codec], the failover route first in each
+    virtual host with the VirtualService routes after it, room for held bodies."""
+    res, ecds = _apply_envoyfilter(mode, _envoyfilter(mode))
+    (listener,) = res["listeners"]
+    assert listener["per_connection_buffer_limit_bytes"] >= 32 * 1024 * 1024
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    names = [f["name"] for f in hcm["http_filters"]]
+    down = next(n for n, tc in ecds.items() if not tc["config"]["root_id"].endswith("upstream"))
+    up = next(n for n, tc in ecds.items() if tc["config"]["root_id"].endswith("upstream"))
+    assert names[-2:] == [down, "envoy.filters.http.router"]
+    router = hcm["http_filters"][-1]["typed_config"]
+    assert router["@type"] == ROUTER_TYPE
+    assert [f["name"] for f in router["upstream_http_filters"]] == [up, "envoy.filters.http.upstream_codec"]
+    skeleton = _istio_skeleton(mode)
+    istio_routes = {vh["name"]: [r["name"] for r in vh["routes"]]
+                    for vh in skeleton["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]}
+    for vh in hcm["route_config"]["virtual_hosts"]:
+        assert vh["routes"][0]["route"].get("cluster_header"), vh["name"]
+        assert [r["name"] for r in vh["routes"][1:]] == istio_routes[vh["name"]]
+
+
+def test_the_patch_model_refuses_a_patch_that_matches_nothing():
+    """The check above can fail: a route patch for a port (or a gateway server) that istiod does
+    not generate is reported, not skipped."""
+    for mode, edit in [("sidecar", {"portNumber": 8080}), ("egress-gateway", {"portName": "http"})]:
+        doc = copy.deepcopy(_envoyfilter(mode))
+        (route,) = _patches(doc, "HTTP_ROUTE")
+        route["match"]["routeConfiguration"].update(edit)
+        with pytest.raises(AssertionError, match="matches nothing"):
+            _apply_envoyfilter(mode, doc)
+
+
+@pytest.mark.parametrize("envoy", [p for _, p in ENVOYS], ids=[v for v, _ in ENVOYS])
+@pytest.mark.parametrize("mode", ["sidecar", "egress-gateway"])
+def test_envoyfilter_install_validates_in_envoy(tmp_path, mode, envoy):
+    """The assembled bootstrap in `envoy --mode validate`: with the ECDS resources inline, Envoy
+    builds both Wasm filters (the module's on_configure runs for the downstream config, and the
+    upstream filter starts in the same VM); with them delivered by ECDS (from files, as the ADS
+    stream would), Envoy accepts config_discovery inside the router's upstream_http_filters."""
+    for by_file in (False, True):
+        workdir = tmp_path / ("ecds" if by_file else "inline")
+        workdir.mkdir()
+        path = workdir / "envoy.json"
+        path.write_text(json.dumps(_bootstrap(mode, workdir, by_file, free_port(), free_port()), indent=1))
+        p = subprocess.run([envoy, "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
+                           capture_output=True, text=True, timeout=60, env=_run_env())
+        out = p.stdout + p.stderr
+        assert p.returncode == 0, f"{mode} ({'ECDS' if by_file else 'inline'}): Envoy refused it:\n{out[-3000:]}"
+        if not by_file:
+            assert "configured 2 providers, 1 chains" in out, out[-3000:]
+            assert "upstream filter llm-failover-upstream ready" in out, out[-3000:]
+        assert "invalid llm-failover config" not in out
+        for secret in EF_KEYS.values():
+            assert secret not in out
+
+
+def _plaintext_to(res: dict, ports: dict[str, int]) -> None:
+    """The ADDed provider clusters pointed at local mock providers, in plain text (the mocks speak
+    no TLS): static endpoints, no transport socket, HTTP/1.1. Endpoint metadata kept."""
+    for c in res["clusters"]:
+        for ep in c.get("load_assignment", {}).get("endpoints", [{}])[0].get("lb_endpoints", []):
+            provider = ep.get("metadata", {}).get("filter_metadata", {}).get("llm_failover", {}).get("provider")
+            if provider is None:
+                continue
+            c["type"] = "STATIC"
+            c.pop("dns_lookup_family", None)
+            c.pop("transport_socket")
+            c.pop("typed_extension_protocol_options")
+            ep["endpoint"]["address"]["socket_address"].update(address="127.0.0.1", port_value=ports[provider])
+
+
+@pytest.mark.parametrize("envoy", [p for _, p in ENVOYS], ids=[v for v, _ in ENVOYS])
+@pytest.mark.parametrize("mode", ["sidecar", "egress-gateway"])
+def test_envoyfilter_install_fails_over_within_the_request(tmp_path, monkeypatch, mode, envoy):
+    """The assembled install running for real, the module delivered by ECDS: with the primary
+    answering 529, the request the app sent to api.anthropic.com gets the fallback's answer, in
+    the same request (x-llm-attempts: 2), each attempt with its own provider's key; a stream too.
+    A request outside the filter's chains keeps the VirtualService's route."""
+    from mock_provider import start_mock
+    from stack import MESSAGE_BODY, Envoy
+
+    mocks, ports = {}, {}
+    try:
+        for name in ("primary", "fallback"):
+            mocks[name], ports[name] = start_mock(name)
+        monkeypatch.setenv("ENVOY", envoy)
+        for k, v in EF_KEYS.items():
+            monkeypatch.setenv(k, v)
+        for attempt in range(3):
+            cfg = _bootstrap(mode, tmp_path, True, free_port(), free_port())
+            _plaintext_to(cfg["static_resources"], ports)
+            proxy = Envoy(cfg, tmp_path)
+            try:
+                proxy.start()
+                break
+            except RuntimeError as e:
+                proxy.stop()
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
+        try:
+            mocks["primary"].set_fault({"mode": "529"})
+            headers = {"host": "api.anthropic.com", "content-type": "application/json", "x-api-key": "the-apps-own"}
+            r = requests.post(proxy.url + "/v1/messages", data=json.dumps(MESSAGE_BODY), headers=headers, timeout=15)
+            got = (r.status_code, r.headers.get("x-llm-provider"), r.headers.get("x-llm-attempts"))
+            assert got == (200, "fallback", "2"), (got, dict(r.headers), r.text[:500])
+            assert r.json()["content"][0]["text"] == "Hello from fallback"
+            stream = requests.post(proxy.url + "/v1/messages", data=json.dumps({**MESSAGE_BODY, "stream": True}),
+                                   headers=headers, timeout=15)
+            got = (stream.status_code, stream.headers.get("x-llm-provider"), stream.headers.get("x-llm-attempts"))
+            assert got == (200, "fallback", "2"), (got, dict(stream.headers), stream.text[:500])
+            assert "Hello from fallback" in "".join(
+                d.get("delta", {}).get("text", "") for _, d in sse_events(stream.text))
+            keys = {n: [q["credential"] for q in m.snapshot_requests()] for n, m in mocks.items()}
+            assert keys == {"primary": [{"x-api-key": EF_KEYS["ANTHROPIC_API_KEY"]}] * 2,
+                            "fallback": [{"x-api-key": EF_KEYS["FALLBACK_API_KEY"]}] * 2}, keys
+            # Outside the chains: no header, so the VirtualService route (here: its cluster on a
+            # closed port), untouched by either filter.
+            other = requests.get(proxy.url + "/v1/models", headers={"host": "api.anthropic.com"}, timeout=15)
+            assert other.status_code == 503 and "x-llm-degraded" not in other.headers, other.text
+            assert sum(len(m.snapshot_requests()) for m in mocks.values()) == 4
+            assert not [line for line in proxy.log().splitlines() if "panicked" in line or "Function: proxy_on" in line]
+        except BaseException:
+            print("---- envoy log (tail) ----\n" + proxy.log()[-6000:])
+            raise
+        finally:
+            proxy.stop()
+    finally:
+        for m in mocks.values():
+            m.shutdown()
+
+
+def test_the_readme_breaks_the_primary_cluster_of_the_envoyfilter():
+    """istio/README.md's step 5 patches the EnvoyFilter by index: that JSON pointer must lead to
+    the primary's endpoint address in both EnvoyFilters."""
+    text = (ISTIO / "README.md").read_text()
+    (pointer,) = re.findall(r'"path": "(/spec/configPatches/[^"]+)"', text)
+    for mode in ("sidecar", "egress-gateway"):
+        node = _envoyfilter(mode)
+        for part in pointer.strip("/").split("/"):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        assert node == "api.anthropic.com", (mode, node)

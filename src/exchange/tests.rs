@@ -322,11 +322,9 @@ fn a_body_over_the_replay_limit_gets_one_attempt() {
 fn bad_client_input_is_a_400_in_the_clients_format_and_touches_no_breaker() {
     let c = cfg();
     let (mut h, mut b) = (MemHealth::new(3, &c.breaker), MemBudget::new(&c.retry_budget));
-    let deep = format!("{{\"model\":\"m\",\"x\":{}{}}}", "[".repeat(300), "]".repeat(300));
     for body in [
         &b"{not json"[..],
         &b"\xff\xfe\x00"[..],
-        deep.as_bytes(),
         &br#"{"model":"claude\r\nx-injected: 1","max_tokens":1,"messages":[]}"#[..],
         "{\"model\":\"".to_string().add_long_model().as_bytes(),
     ] {
@@ -338,6 +336,24 @@ fn bad_client_input_is_a_400_in_the_clients_format_and_touches_no_breaker() {
         assert_eq!(s.record.outcome, Some("invalid_request"));
     }
     assert!(h.recorded.is_empty(), "no provider was tried, no breaker touched");
+    // Nested deeper than the parser allows: passed through as it is to a host of the client's
+    // format (the host judges), refused when it must be rewritten (primary and fallback open).
+    let deep = format!(
+        "{{\"model\":\"claude-opus-4-6\",\"max_tokens\":1,\"x\":{}1{},\"messages\":[]}}",
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let s = serve(&c, &mut h, &mut b, 1_000, deep.as_bytes(), &[], &|_| Fault::Ok);
+    assert_eq!(s.provider.as_deref(), Some("primary"));
+    for p in [0, 1] {
+        for _ in 0..3 {
+            h.record(p, Outcome::ServerError, false, 1_000);
+        }
+    }
+    let s = serve(&c, &mut h, &mut b, 1_001, deep.as_bytes(), &[], &|_| Fault::Ok);
+    let r = s.reply.expect("refused");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("recursion"));
 }
 
 trait LongModel {

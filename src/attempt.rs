@@ -432,6 +432,15 @@ impl Attempt {
     /// The attempt is over (`response_flags`: Envoy's flags of the request, if known;
     /// `transport_failure`: Envoy could not connect). Returns what it did.
     pub fn finish(&mut self, now_ms: u64, response_flags: u64, transport_failure: bool) -> AttemptSummary {
+        let summary = self.summary(now_ms, response_flags, transport_failure);
+        self.outcome = Some(summary.outcome);
+        self.phase = Phase::Done;
+        summary
+    }
+
+    /// What the attempt did, were it over now (the access log may be written a few
+    /// milliseconds before the attempt's own end is reported).
+    pub fn summary(&self, now_ms: u64, response_flags: u64, transport_failure: bool) -> AttemptSummary {
         let elapsed = now_ms.saturating_sub(self.setup.start_ms);
         let past_deadline = self.setup.deadline_ms.is_some_and(|d| elapsed + 5 >= d);
         let client_gone = response_flags & flags::DOWNSTREAM_CONNECTION_TERMINATION != 0;
@@ -459,8 +468,6 @@ impl Attempt {
             (_, Some(o)) => o,
             _ => Outcome::StreamTruncated,
         };
-        self.outcome = Some(outcome);
-        self.phase = Phase::Done;
         let (input_tokens, output_tokens) = match (&self.pipeline, &self.usage) {
             (Some(p), _) => p.usage(),
             (None, Some(u)) => (u.input_tokens(), u.output_tokens()),

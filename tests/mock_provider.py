@@ -897,6 +897,8 @@ class MockProviderServer(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
     block_on_close = False
+    # Bursts of new connections from Envoy's workers (socketserver's default backlog is 5).
+    request_queue_size = 128
 
     def __init__(self, server_address, name: str, quiet: bool = False, api: str = "anthropic", options=None):
         self.name = name

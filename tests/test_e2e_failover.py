@@ -182,6 +182,15 @@ def figure(label: str, answers: list[Answer], ok) -> None:
           f"p50 {ms(statistics.median(lat))}, max {ms(max(lat))}")
 
 
+def roomy_backlogs(stack):
+    """Deepens the mock providers' listen backlogs (socketserver's default is 5): a burst of
+    new upstream connections would otherwise overflow the accept queue and some would stall
+    ~1 s in TCP retransmits or be reset, which no real provider does. Returns the stack."""
+    for server in stack.mocks.values():
+        server.socket.listen(128)
+    return stack
+
+
 def access_log(stack, settle: float = 0.5) -> list[dict]:
     """The access log's JSON lines so far (flushed every 200 ms by the test Envoy)."""
     time.sleep(settle)
@@ -209,7 +218,7 @@ def describe(answers: list[Answer]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Every fault class of the primary, JSON and streams, Anthropic SDK
+# Every fault class of the primary, JSON and streams, Anthropic SDK
 # ---------------------------------------------------------------------------------------------
 
 # Per class: the primary's fault for a JSON request and for a stream (None: no mock at all).
@@ -228,6 +237,14 @@ DEADLINE_CLASSES = ("hang", "slow_first_token")
 BURST = 8
 
 
+def warm_up(c, calls) -> None:
+    """The primary in use before its outage: a burst of healthy traffic (it also opens Envoy's
+    upstream connections, so the outage burst does not depend on how fast a mock accepts new
+    ones)."""
+    answers = burst(calls)
+    assert all(a.served_by("primary") for a in answers), describe(answers)
+
+
 def latency_bound(cls: str) -> float:
     # The deadline, then the fallback's answer; generous slack for a loaded 2-core machine.
     return FIRST_TOKEN_S + 1.5 if cls in DEADLINE_CLASSES else 1.5
@@ -237,7 +254,7 @@ def latency_bound(cls: str) -> float:
 def never_open():
     """The demo's shape; the primary's breaker never opens, the retry budget never binds."""
     with Stack(never_opening_breaker()) as s:
-        yield s
+        yield roomy_backlogs(s)
 
 
 def _ask(kind: str):
@@ -251,6 +268,7 @@ def test_every_request_of_an_outage_burst_is_answered_by_the_fallback(never_open
     c = anthropic_client(s)
     reset_faults(s)
     wait_served_by(s, "primary", lambda: claude_json(c))  # a 429 cooldown of an earlier test is over
+    warm_up(c, [lambda: _ask(kind)(c)] * BURST)
     s.fault("primary", **FAULTS[cls][0 if kind == "json" else 1])
     before = len(s.received("primary"))
     answers = burst([lambda: _ask(kind)(c)] * BURST)
@@ -272,6 +290,7 @@ def test_every_request_of_an_outage_burst_is_answered_by_the_fallback(never_open
 def test_refused_connections_burst_is_answered_by_the_fallback():
     # "primary" has no mock: its cluster points at a port nobody listens on.
     with Stack(never_opening_breaker(), providers=("fallback",)) as s:
+        roomy_backlogs(s)
         c = anthropic_client(s)
         for kind in ("json", "stream"):
             answers = burst([lambda: _ask(kind)(c)] * BURST)
@@ -285,19 +304,24 @@ def test_refused_connections_burst_is_answered_by_the_fallback():
 
 @pytest.mark.parametrize("cls", list(FAULTS))
 def test_outage_burst_with_the_demo_breaker_is_answered_by_the_fallback(cls):
-    # The demo's fast breaker and retry budget, a fresh stack: the burst is the very first
-    # traffic of the outage, half JSON, half streams, all sent at once.
+    # The demo's fast breaker and retry budget, a fresh stack: after healthy traffic, the burst
+    # is the very first traffic of the outage, half JSON, half streams, all sent at once.
     providers = ("fallback",) if cls == "refused" else ("primary", "fallback")
     with Stack(fast_breaker(), providers=providers) as s:
+        roomy_backlogs(s)
         c = anthropic_client(s)
         json_fault, stream_fault = FAULTS[cls]
+        mixed = [lambda: claude_json(c)] * (BURST // 2) + [lambda: claude_stream(c)] * (BURST // 2)
         if json_fault:
+            warm_up(c, mixed)
             # One fault for both kinds of request: pick the stream's (the JSON form of
             # slow_first_token is the same delay before the whole answer).
             s.fault("primary", **stream_fault)
-        answers = burst([lambda: claude_json(c)] * (BURST // 2) + [lambda: claude_stream(c)] * (BURST // 2))
-        hits = len(s.received("primary")) if json_fault else None
-        figure(f"failover {cls} mixed json+stream (demo fast breaker, primary tried {hits}x)", answers,
+        sent_before = len(s.received("primary")) if json_fault else 0
+        answers = burst(mixed)
+        hits = len(s.received("primary")) - sent_before if json_fault else None
+        tried = f"primary tried {hits}x" if json_fault else "nothing listens at the primary"
+        figure(f"failover {cls} mixed json+stream (demo fast breaker, {tried})", answers,
                lambda a: a.served_by("fallback"))
         assert all(a.served_by("fallback") for a in answers), describe(answers)
         if json_fault:
@@ -315,14 +339,14 @@ def test_outage_burst_with_the_demo_breaker_is_answered_by_the_fallback(cls):
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. The every-host config: OpenAI clients, and Anthropic clients across formats
+# The every-host config: OpenAI clients, and Anthropic clients across formats
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def hosts_never_open():
     with hosts_stack(never_opening_breaker(hosts_filter_config())) as s:
-        yield s
+        yield roomy_backlogs(s)
 
 
 GPT_FAULTS = {
@@ -379,7 +403,7 @@ def test_anthropic_sdk_requests_fail_over_to_a_host_of_another_format(hosts_neve
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. The retry budget
+# The retry budget
 # ---------------------------------------------------------------------------------------------
 
 
@@ -418,7 +442,7 @@ def test_retry_budget_bounds_replays_at_twenty_percent():
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. A body over failover.max_replay_bytes
+# A body over failover.max_replay_bytes
 # ---------------------------------------------------------------------------------------------
 
 REPLAY_LIMIT = 2000
@@ -481,8 +505,30 @@ def test_body_over_the_replay_limit_raw_answer_is_json_in_the_clients_format(rep
     s.fault("primary", "none")
 
 
+def test_body_over_the_replay_limit_gets_a_degraded_answer_in_the_openai_format():
+    cfg = never_opening_breaker(hosts_filter_config())
+    gpt = next(ch for ch in cfg["chains"] if ch["name"] == "gpt")
+    gpt["failover"]["max_replay_bytes"] = REPLAY_LIMIT
+    with hosts_stack(cfg) as s:
+        c = openai_client(s)
+        s.fault("openai", "500")
+        big = [{"role": "user", "content": "z" * (REPLAY_LIMIT * 2)}]
+        a = gpt_json(c, extra_body={"messages": big})
+        st = gpt_stream(c, extra_body={"messages": big})
+        small = gpt_json(c)
+        samples = scrape(s)
+        print(f"FIGURE replay limit {REPLAY_LIMIT} B, openai 500, OpenAI SDK: large json -> degraded={a.degraded} "
+              f"({a.degraded_reason}), large stream -> degraded={st.degraded}, small json -> {small.provider}")
+        assert small.served_by("azure")
+        assert len(s.received("azure")) == 1 and len(s.received("anthropic")) == 0
+        for got in (a, st):
+            assert got.error is None and got.degraded and got.degraded_reason == "upstream_failure", got
+            assert got.text == NOTICE and got.complete, got
+        assert metric(samples, "llm_failover_replays_skipped", reason="body_too_large") == 2
+
+
 # ---------------------------------------------------------------------------------------------
-# 8. Latency: one failover attempt, and the first token through the deadline path
+# Latency: one failover attempt, and the first token through the deadline path
 # ---------------------------------------------------------------------------------------------
 
 

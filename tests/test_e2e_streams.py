@@ -117,7 +117,7 @@ def routes():
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. A stream that stalls after its first deltas
+# A stream that stalls after its first deltas
 # ---------------------------------------------------------------------------------------------
 
 
@@ -145,7 +145,7 @@ def test_a_stalled_stream_is_reset_for_the_client_at_the_stall_deadline(routes, 
     assert a.text == f"Hello from {host}", a.text
     # Reset at the deadline (the client may see the close up to Envoy's delayed_close_timeout,
     # 1 s by default, later).
-    assert STALL_MS / 1000 * 0.9 <= silent < STALL_MS / 1000 + 1.5, silent
+    assert STALL_MS / 1000 * 0.9 <= silent < STALL_MS / 1000 + 1.6, silent
     assert 0 < envoy_ms < STALL_MS + 500, log[-1:]
     model = host_model(route)
     assert outcome(after, host, model, "stalled") - outcome(before, host, model, "stalled") == 1
@@ -157,7 +157,7 @@ def test_a_stalled_stream_is_reset_for_the_client_at_the_stall_deadline(routes, 
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. A stream cut before its terminal event
+# A stream cut before its terminal event
 # ---------------------------------------------------------------------------------------------
 
 
@@ -210,7 +210,7 @@ def test_a_cut_stream_ends_with_a_well_formed_error_event_in_the_clients_format(
 
 
 # ---------------------------------------------------------------------------------------------
-# 6a. late_end: the terminal event, then the host's end of body later
+# late_end: the terminal event, then the host's end of body later
 # ---------------------------------------------------------------------------------------------
 
 
@@ -298,10 +298,14 @@ def test_access_log_records_streams_that_ended_for_the_client_before_the_host(ro
     assert a.exc is not None
     stalled = access_log(s)[-1]
     print(f"FIGURE access log: late_end closed by the SDK -> llm_outcome={late['llm_outcome']} "
-          f"llm_tried={late['llm_tried']}; stalled -> llm_outcome={stalled['llm_outcome']} llm_tried={stalled['llm_tried']}")
-    assert (late["llm_provider"], late["llm_outcome"], late["llm_tried"]) == ("openai", "success", "openai:success"), late
-    assert (stalled["llm_provider"], stalled["llm_outcome"], stalled["llm_tried"]) == \
-        ("openai", "stalled", "openai:stalled"), stalled
+          f"llm_tried={late['llm_tried']}; stalled -> llm_outcome={stalled['llm_outcome']} "
+          f"llm_tried={stalled['llm_tried']}")
+
+    def fields(entry):
+        return entry["llm_provider"], entry["llm_outcome"], entry["llm_tried"]
+
+    assert fields(late) == ("openai", "success", "openai:success"), late
+    assert fields(stalled) == ("openai", "stalled", "openai:stalled"), stalled
     s.fault("openai", "none")
 
 
@@ -321,11 +325,10 @@ def test_half_open_breaker_closes_after_good_openai_sdk_streams_that_end_late():
         assert "provider openai breaker closed -> open" in log, log[-2000:]
         s.fault("openai", "late_end", delay_ms=400)
         time.sleep(1.1)  # the open period (1 s)
-        answers = []
-        for _ in range(5):
-            answers.append(gpt_stream(c))
-            time.sleep(0.5)  # each probe's host ends its body 400 ms after [DONE]
-        time.sleep(0.5)
+        # Five in a row, each sent as soon as the SDK returned the previous one (while its
+        # host is still 400 ms from the end of its body).
+        answers = [gpt_stream(c) for _ in range(5)]
+        time.sleep(0.6)
         log = "\n".join(s.envoy.wasm_log())
         samples = scrape(s)
         gauge = metric(samples, "llm_failover_breaker_state", provider="openai")
@@ -337,12 +340,14 @@ def test_half_open_breaker_closes_after_good_openai_sdk_streams_that_end_late():
         assert all(a.exc is None and a.complete for a in answers), answers
         assert "provider openai breaker half_open -> closed" in log, log[-3000:]
         assert gauge == 0
-        assert served[-1] == "openai"
+        # The probes were openai's; a request sent while a probe had not reported yet may go to
+        # azure (one probe at a time), but once closed openai serves again.
+        assert served.count("openai") >= 2 and served[-1] == "openai", served
         assert outcome(samples, "openai", GPT, "client_cancelled") == 0
 
 
 # ---------------------------------------------------------------------------------------------
-# 6b. no_done: an OpenAI stream without data: [DONE]
+# no_done: an OpenAI stream without data: [DONE]
 # ---------------------------------------------------------------------------------------------
 
 
@@ -358,7 +363,8 @@ def test_an_openai_stream_without_done_is_a_complete_answer(route):
         ok = sum(1 for a in answers if a.served_by("openai"))
         print(f"FIGURE no_done {route}: {ok}/5 complete answers, outcome success "
               f"{outcome(samples, 'openai', GPT, 'success'):.0f}, stream_truncated "
-              f"{outcome(samples, 'openai', GPT, 'stream_truncated'):.0f}, errors {[a.error for a in answers if a.error][:1]}")
+              f"{outcome(samples, 'openai', GPT, 'stream_truncated'):.0f}, "
+              f"errors {[a.error for a in answers if a.error][:1]}")
         assert all(a.served_by("openai") for a in answers), [a.error or a for a in answers]
         assert outcome(samples, "openai", GPT, "success") == 5
         assert "provider openai breaker" not in log
@@ -367,7 +373,7 @@ def test_an_openai_stream_without_done_is_a_complete_answer(route):
 
 
 # ---------------------------------------------------------------------------------------------
-# 6c. Bad client input
+# Bad client input
 # ---------------------------------------------------------------------------------------------
 
 
@@ -406,7 +412,6 @@ def bad_bodies(model: str) -> dict[str, bytes]:
     return {
         "not json": b"not json at all",
         "not utf-8": good.replace(b'"hi"', b'"h\xff\xfei"'),
-        "too deep": good[:-1] + b', "metadata": ' + b"[" * 300 + b"]" * 300 + b"}",
         "model with CRLF": with_model("claude\r\nx-injected: 1"),
         "raw CRLF in body": good.replace(model.encode(), model.encode() + b"\r\nx-injected: 1"),
         "model with space": with_model("claude opus"),
@@ -415,7 +420,21 @@ def bad_bodies(model: str) -> dict[str, bytes]:
     }
 
 
+def too_deep_body(model: str) -> bytes:
+    """Valid JSON nested deeper (300 levels) than the filter's JSON parser allows (128)."""
+    good = json.dumps({"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    return good[:-1] + b', "metadata": ' + b"[" * 300 + b"]" * 300 + b"}"
+
+
 CHAINS_OF_FORMAT = {"anthropic": ("/v1/messages", CLAUDE), "openai": ("/v1/chat/completions", GPT)}
+
+
+def client_headers(route: str) -> dict:
+    fmt, header, _, _ = ROUTES[route]
+    headers = {"x-route": header} if header else {}
+    headers.update({"anthropic-version": "2023-06-01"} if fmt == "anthropic" else
+                   {"authorization": f"Bearer {CLIENT_KEY}"})
+    return headers
 
 
 def check_bad_input(s, path: str, model: str, fmt: str, headers: dict) -> None:
@@ -445,18 +464,46 @@ def check_bad_input(s, path: str, model: str, fmt: str, headers: dict) -> None:
 
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_bad_client_input_is_a_400_in_the_clients_format_and_reaches_no_provider(routes, route):
-    fmt, header, _, _ = ROUTES[route]
+    fmt = ROUTES[route][0]
     path, model = CHAINS_OF_FORMAT[fmt]
-    headers = {"x-route": header} if header else {}
-    headers.update({"anthropic-version": "2023-06-01"} if fmt == "anthropic" else
-                   {"authorization": f"Bearer {CLIENT_KEY}"})
     reset_faults(routes)
-    check_bad_input(routes, path, model, fmt, headers)
+    check_bad_input(routes, path, model, fmt, client_headers(route))
 
 
 def test_bad_client_input_on_the_demo_chain(stack):
     # envoy/demo.yaml's shape: two Anthropic hosts, same model names (routed at the headers).
     check_bad_input(stack, "/v1/messages", CLAUDE, "anthropic", {"anthropic-version": "2023-06-01"})
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_a_too_deep_body_goes_as_it_is_to_a_host_of_its_format_and_is_refused_where_rewritten(routes, route):
+    # The filter reads a body's model and stream without building its tree; it parses the body
+    # only when the attempt must be rewritten. A body nested deeper than its parser allows goes
+    # untouched to a host of the client's format (the host judges it), and is a 400 in the
+    # client's format where it would have to be rewritten (translated routes).
+    s = routes
+    fmt, _, host, fallback = ROUTES[route]
+    path, model = CHAINS_OF_FORMAT[fmt]
+    reset_faults(s)
+    sent_before = {name: len(s.received(name)) for name in s.mocks}
+    status, _, hdrs, answer = raw_request(s.url, path, too_deep_body(model), client_headers(route))
+    sent = {name: len(s.received(name)) - n for name, n in sent_before.items()}
+    print(f"FIGURE too-deep body {route}: status {status}, provider {hdrs.get('x-llm-provider')}, "
+          f"received {({k: v for k, v in sent.items() if v})}")
+    if route in PASS_THROUGH:
+        assert hdrs.get("x-llm-provider") == host, (status, hdrs, answer[:300])
+        assert sent[host] == 1 and sum(sent.values()) == 1, sent
+        assert b"recursion" not in answer
+    else:
+        assert status == 400, (status, answer[:300])
+        assert "x-llm-provider" not in hdrs
+        err = json.loads(answer)
+        if fmt == "anthropic":
+            assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error", err
+        else:
+            assert set(err) == {"error"} and err["error"]["type"] == "invalid_request_error", err
+        assert "recursion" in err["error"]["message"], err
+        assert sum(sent.values()) == 0, sent
 
 
 def test_sdks_get_a_bad_request_error_for_an_invalid_model(routes):
@@ -473,7 +520,7 @@ def test_sdks_get_a_bad_request_error_for_an_invalid_model(routes):
 
 
 # ---------------------------------------------------------------------------------------------
-# 6d. A host's HTML error page
+# A host's HTML error page
 # ---------------------------------------------------------------------------------------------
 
 

@@ -318,6 +318,15 @@ impl HttpContext for Filter {
             emit_attempt(&cfg, &summary);
             ex.end_attempt(summary);
         }
+        // The access log is written before the last attempt's context reports its end: take
+        // that attempt's outcome as it stands (its context records it in the breaker).
+        if self.registered {
+            if let Some(a) = registry::current(self.context_id) {
+                let flags = property_u64(&["response", "flags"]).unwrap_or(0);
+                let summary = a.borrow().summary(now, flags, false);
+                ex.end_attempt(summary);
+            }
+        }
         let record = ex.record(&cfg, now);
         if let Some(reason) = record.degraded_reason {
             metrics::counter(telemetry::degraded(reason), 1);

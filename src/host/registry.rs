@@ -24,6 +24,8 @@ thread_local! {
     static EXCHANGES: RefCell<HashMap<u32, SharedExchange>> = RefCell::new(HashMap::new());
     /// Streaming attempts with a stall deadline: (context id, attempt).
     static STALL_WATCH: RefCell<Vec<(u32, SharedAttempt)>> = const { RefCell::new(Vec::new()) };
+    /// The attempt in flight of each registered exchange.
+    static CURRENT: RefCell<HashMap<u32, SharedAttempt>> = RefCell::new(HashMap::new());
     /// Envoy lets a filter trigger a retry after a body was seen (None: not known yet).
     static RETRY_FROM_BODY: Cell<Option<bool>> = const { Cell::new(None) };
 }
@@ -55,6 +57,26 @@ pub fn unregister(key: u32) {
 
 pub fn lookup(key: u32) -> Option<SharedExchange> {
     EXCHANGES.with(|m| m.borrow().get(&key).cloned())
+}
+
+/// The attempt of exchange `key` now in flight.
+pub fn set_current(key: u32, attempt: SharedAttempt) {
+    CURRENT.with(|m| m.borrow_mut().insert(key, attempt));
+}
+
+/// Exchange `key`'s attempt `attempt` is over.
+pub fn clear_current(key: u32, attempt: &SharedAttempt) {
+    CURRENT.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.get(&key).is_some_and(|a| Rc::ptr_eq(a, attempt)) {
+            m.remove(&key);
+        }
+    });
+}
+
+/// The attempt of exchange `key` still in flight, if any.
+pub fn current(key: u32) -> Option<SharedAttempt> {
+    CURRENT.with(|m| m.borrow().get(&key).cloned())
 }
 
 pub fn watch_stall(context_id: u32, attempt: SharedAttempt) {

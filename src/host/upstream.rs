@@ -25,6 +25,8 @@ pub const PROVIDER_METADATA: [&str; 5] =
 
 pub struct Upstream {
     context_id: u32,
+    /// The key of this attempt's exchange.
+    key: u32,
     cfg: Option<Rc<Config>>,
     ex: Option<SharedExchange>,
     attempt: Option<SharedAttempt>,
@@ -37,7 +39,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(context_id: u32) -> Self {
-        Upstream { context_id, cfg: None, ex: None, attempt: None, body: None, replied: false, finished: false }
+        Upstream { context_id, key: 0, cfg: None, ex: None, attempt: None, body: None, replied: false, finished: false }
     }
 
     fn reply(&mut self, resp: &crate::degraded::LocalResponse) -> Action {
@@ -57,6 +59,7 @@ impl Upstream {
         self.finished = true;
         registry::unwatch_stall(self.context_id);
         let (Some(cfg), Some(ex), Some(a)) = (self.cfg.clone(), self.ex.clone(), self.attempt.take()) else { return };
+        registry::clear_current(self.key, &a);
         let now = now_ms();
         let flags = property_u64(&["response", "flags"]).unwrap_or(0);
         let transport = property(&["upstream", "transport_failure_reason"]).is_some();
@@ -88,6 +91,7 @@ impl HttpContext for Upstream {
         let (Some(ex), Some(cfg)) = (registry::lookup(key), registry::config()) else { return Action::Continue };
         self.cfg = Some(cfg.clone());
         self.ex = Some(ex.clone());
+        self.key = key;
         let number =
             property_u64(&["upstream", "request_attempt_count"]).and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
         let landed = property_string(&PROVIDER_METADATA);
@@ -112,7 +116,9 @@ impl HttpContext for Upstream {
             }
             Start::Go { attempt, headers: edits, body } => {
                 apply_edits(MapType::HttpRequestHeaders, &edits);
-                self.attempt = Some(Rc::new(RefCell::new(*attempt)));
+                let a = Rc::new(RefCell::new(*attempt));
+                registry::set_current(key, a.clone());
+                self.attempt = Some(a);
                 self.body = body;
                 if self.body.is_some() && !end_of_stream {
                     return Action::Pause;

@@ -659,11 +659,17 @@ impl OpenAiToAnthropic {
         }
     }
 
-    /// End of the upstream body: if the stream did not reach `[DONE]` (and no error was sent),
-    /// appends an `event: error` saying so. Never appends `message_stop`.
+    /// End of the upstream body (a clean end): a stream that reached its `finish_reason` is
+    /// complete even without `data: [DONE]` (some compatible servers never send it) and gets its
+    /// `message_delta` and `message_stop`; one that did not gets an `event: error` saying so.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if !self.done && !self.failed {
-            self.send_error(out, "api_error", "the upstream stream ended before data: [DONE]");
+        if self.done || self.failed {
+            return;
+        }
+        if self.stop_reason.is_some() {
+            self.on_done(out);
+        } else {
+            self.send_error(out, "api_error", "the upstream stream ended before its finish_reason");
         }
     }
 
@@ -1135,12 +1141,19 @@ mod tests {
             p.feed(&b[..cut], &mut |_, d| t.on_data(d, &mut out));
             assert!(!String::from_utf8(out.clone()).unwrap().contains("message_stop"), "cut at {cut}");
             assert_eq!(anthropic_verdict(&out), StreamVerdict::Truncated, "cut at {cut}");
+            let finished = t.stop_reason.is_some();
             t.finish(&mut out);
             t.finish(&mut out);
             let s = String::from_utf8(out.clone()).unwrap();
-            assert!(!s.contains("message_stop"));
-            assert_eq!(s.matches("event: error").count(), 1);
-            assert_eq!(anthropic_verdict(&out), StreamVerdict::Error { overloaded: false });
+            if finished {
+                // Cut after the finish_reason chunk, at a clean end: a complete answer.
+                assert_eq!(s.matches("event: message_stop").count(), 1, "cut at {cut}");
+                assert_eq!(anthropic_verdict(&out), StreamVerdict::Complete, "cut at {cut}");
+            } else {
+                assert!(!s.contains("message_stop"));
+                assert_eq!(s.matches("event: error").count(), 1);
+                assert_eq!(anthropic_verdict(&out), StreamVerdict::Error { overloaded: false });
+            }
         }
         // [DONE] without any finish_reason is not a complete answer either.
         let out = o2a(&[

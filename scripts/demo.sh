@@ -44,7 +44,8 @@ llm-failover demo: every kind of host
 An Anthropic client (look at x-llm-provider and x-llm-model):
   curl -si http://127.0.0.1:10000/v1/messages -H 'content-type: application/json' \
     -d '{"model":"claude-opus-4-6","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}'
-Take hosts down one after the other; after 3 failures each, the next host serves:
+Take hosts down one after the other; each request is answered by the next host that works, in
+the same request (x-llm-attempts counts the hosts tried):
   curl -s http://127.0.0.1:18101/_control/fault -d '{"mode":"529"}'   # then Vertex
   curl -s http://127.0.0.1:18103/_control/fault -d '{"mode":"503"}'   # then Bedrock (decoded)
   curl -s http://127.0.0.1:18104/_control/fault -d '{"mode":"503"}'   # then OpenAI (translated)
@@ -70,11 +71,15 @@ Send a request (look at the x-llm-provider header):
 Stream one:   add "stream": true to the body.
 
 Put the primary into an outage (modes: none 500 529 429 503 hang reset stream_error truncate
-slow_first_byte garbage 400 401 403 404 413; optional "count", "retry_after", "delay_ms"):
+slow_first_byte slow_first_token stall error_first truncate_after late_end garbage 400 401 403
+404 413; optional "count", "retry_after", "delay_ms"):
   curl -s http://127.0.0.1:18101/_control/fault -d '{"mode":"529"}'
-Then send requests again: the first few get a degraded answer (x-llm-degraded: true), then the
-breaker opens and x-llm-provider says fallback. Recover with {"mode":"none"}: after the open period
-the half-open probes bring traffic back to the primary. Take both down to see degraded mode.
+Then send requests again: every one is answered by the fallback (x-llm-provider: fallback,
+x-llm-attempts: 2: the primary was tried in the same request); after 3 failures the primary's
+breaker opens and requests go straight to the fallback (x-llm-attempts: 1). A primary that
+accepts and then sends no token ({"mode":"slow_first_token","delay_ms":3000}) is abandoned after
+the chain's 1 s first-token deadline. Recover with {"mode":"none"}: after the open period the
+half-open probes bring traffic back to the primary. Take both down to see degraded mode.
 Breaker transitions are logged by Envoy below. Ctrl-C stops everything.
 
 MSG

@@ -335,8 +335,7 @@ impl Attempt {
                     return BodyStep::Hold;
                 }
                 let held = self.setup.hold;
-                let answer = serde_json::from_slice::<serde_json::Value>(data).ok().filter(is_answer);
-                if answer.is_none() {
+                if !is_answer(data) {
                     if held {
                         return self.fail_held(Outcome::InvalidAnswer);
                     }
@@ -514,9 +513,24 @@ fn stream_outcome(v: StreamVerdict) -> Outcome {
     }
 }
 
-/// Is this JSON an answer object (not an error, not something else)?
-fn is_answer(v: &serde_json::Value) -> bool {
-    v.is_object() && v.get("type").and_then(serde_json::Value::as_str) != Some("error") && v.get("error").is_none()
+/// The top-level keys that tell an answer from an error, read without building the tree.
+#[derive(serde::Deserialize)]
+struct AnswerTop<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// Is this body a JSON answer object (well-formed, not an error, not something else)?
+fn is_answer(body: &[u8]) -> bool {
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return false;
+    }
+    match serde_json::from_slice::<AnswerTop<'_>>(body) {
+        Ok(top) => top.kind.as_deref() != Some("error") && top.error.is_none(),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]

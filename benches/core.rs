@@ -165,7 +165,7 @@ fn decisions(c: &mut Criterion) {
             let chain = cfg.chain_for("/v1/messages", &|n| head.get(n).map(str::to_string)).unwrap();
             let mut ex = Exchange::new(&cfg, chain, &head, true, 1_000, 7);
             let _ = ex.on_request_headers(&cfg, &head, &mut health);
-            let _ = ex.on_request_body(&cfg, &head, black_box(body), &mut health, &mut budget);
+            let _ = ex.on_request_body(&cfg, &head, black_box(body).to_vec(), &mut health, &mut budget);
             let current = |n: &str| head.get(n).map(str::to_string);
             let Start::Go { mut attempt, .. } =
                 ex.start_attempt(&cfg, 1, Some("primary"), &current, &mut health, &mut budget, 1_001, true)

@@ -75,6 +75,59 @@ pub struct ResponseHead<'a> {
     pub details: Option<&'a str>,
 }
 
+/// The response headers an attempt reads, each looked up once, and which of them it needs:
+/// `Retry-After` only for a 429, Envoy's code details only for an answer that is not a 2xx.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHeaders {
+    pub status: u16,
+    pub content_type: String,
+    pub encoded: bool,
+    pub retry_after_ms: Option<String>,
+    pub retry_after: Option<String>,
+    pub details: Option<String>,
+}
+
+impl ResponseHeaders {
+    /// `header` looks a response header up; `details` reads Envoy's `response.code_details`
+    /// (downstream only: an upstream filter passes `|| None`).
+    pub fn read(header: &dyn Fn(&str) -> Option<String>, details: &dyn Fn() -> Option<String>) -> Self {
+        let status = header(":status").and_then(|s| s.trim().parse::<u16>().ok()).unwrap_or(0);
+        let ok = (200..300).contains(&status);
+        let (retry_after_ms, retry_after) =
+            if status == 429 { (header("retry-after-ms"), header("retry-after")) } else { (None, None) };
+        ResponseHeaders {
+            status,
+            content_type: header("content-type").unwrap_or_default(),
+            encoded: ok && header("content-encoding").is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")),
+            retry_after_ms,
+            retry_after,
+            details: if ok { None } else { details() },
+        }
+    }
+
+    pub fn head(&self) -> ResponseHead<'_> {
+        ResponseHead {
+            status: self.status,
+            content_type: &self.content_type,
+            encoded: self.encoded,
+            retry_after_ms: self.retry_after_ms.as_deref(),
+            retry_after: self.retry_after.as_deref(),
+            details: self.details.as_deref(),
+        }
+    }
+}
+
+/// Can this Envoy retry an attempt whose body a filter has seen? Envoy 1.36 crashes when an
+/// upstream filter triggers such a retry (seen in a probe: a segfault on 1.36.4, none on 1.37.0,
+/// 1.39.3 and 1.40.0). Unknown versions are treated as unable.
+pub fn envoy_retries_after_body(major: Option<u64>, minor: Option<u64>) -> bool {
+    match (major, minor) {
+        (Some(1), Some(m)) => m >= 37,
+        (Some(m), _) => m > 1,
+        _ => false,
+    }
+}
+
 /// What to do with the response headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadStep {
@@ -299,8 +352,22 @@ impl Attempt {
         BodyStep::Degrade(DegradedReason::UpstreamFailure)
     }
 
-    /// The body so far: after a hold (or while buffering) `data` is the whole buffered body,
-    /// else it is this chunk. `end`: the body is complete.
+    /// Where the host must read the body from for [`Attempt::on_response_body`] (an offset into
+    /// what Envoy buffered), or None when this attempt does not look at the body now (so the
+    /// host reads nothing).
+    pub fn reads_body_from(&self, end: bool) -> Option<usize> {
+        match self.phase {
+            Phase::PassingJson | Phase::Streaming => Some(0),
+            // Only what came since the last look: the rest was fed already.
+            Phase::HoldingStream => Some(self.fed),
+            Phase::BufferingJson | Phase::PassingError { rewrite: true } => end.then_some(0),
+            _ => None,
+        }
+    }
+
+    /// The body so far, read from [`Attempt::reads_body_from`] (empty when that said None):
+    /// while buffering the whole buffered body, while holding a stream what came since the last
+    /// call, else this chunk. `end`: the body is complete.
     pub fn on_response_body(&mut self, data: &[u8], end: bool, now_ms: u64) -> BodyStep {
         let pass = BodyStep::Continue { headers: HeaderEdits::new(), body: None };
         if !data.is_empty() {
@@ -353,8 +420,8 @@ impl Attempt {
                 BodyStep::Continue { headers, body }
             }
             Phase::HoldingStream => {
-                let new = data.get(self.fed..).unwrap_or_default();
-                self.fed = data.len();
+                let new = data;
+                self.fed = self.fed.saturating_add(data.len());
                 let Some(p) = self.pipeline.as_mut() else { return pass };
                 match p.feed(new, end) {
                     Some(out) => self.held_out.extend_from_slice(out),
@@ -577,8 +644,9 @@ mod tests {
         assert_eq!(a.on_response_headers(&sse(), 10), HeadStep::Hold);
         // message_start and ping: no content yet.
         assert_eq!(a.on_response_body(START.as_bytes(), false, 20), BodyStep::Hold);
+        assert_eq!(a.reads_body_from(false), Some(START.len()), "only what is new");
         let buffered = format!("{START}{BLOCK}{DELTA}");
-        match a.on_response_body(buffered.as_bytes(), false, 30) {
+        match a.on_response_body(format!("{BLOCK}{DELTA}").as_bytes(), false, 30) {
             BodyStep::Continue { headers, body } => {
                 assert!(headers.contains(&("x-llm-provider".into(), Some("primary".into()))));
                 assert!(headers.contains(&("x-llm-attempts".into(), Some("1".into()))));
@@ -723,6 +791,37 @@ mod tests {
         a.on_response_headers(&head, 5);
         assert!(matches!(a.on_response_body(b"{\"id\": \"msg_\xff", true, 6), BodyStep::Retry(_)));
         assert_eq!(a.finish(7, 0, false).outcome, Outcome::InvalidAnswer);
+    }
+
+    #[test]
+    fn response_headers_are_read_as_the_attempt_needs_them() {
+        let h = |m: &'static [(&'static str, &'static str)]| {
+            move |n: &str| m.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+        };
+        let r = ResponseHeaders::read(&h(&[(":status", "429"), ("retry-after", "3")]), &|| Some("via_upstream".into()));
+        assert_eq!((r.status, r.retry_after.as_deref(), r.details.as_deref()), (429, Some("3"), Some("via_upstream")));
+        let r = ResponseHeaders::read(
+            &h(&[
+                (":status", "200"),
+                ("retry-after", "3"),
+                ("content-encoding", "gzip"),
+                ("content-type", "text/event-stream"),
+            ]),
+            &|| panic!("no details for a 2xx"),
+        );
+        assert_eq!((r.retry_after, r.encoded, r.content_type.as_str()), (None, true, "text/event-stream"));
+        let r = ResponseHeaders::read(&h(&[(":status", "200"), ("content-encoding", "identity")]), &|| None);
+        assert!(!r.encoded);
+        assert_eq!(ResponseHeaders::read(&h(&[(":status", "x")]), &|| None).status, 0);
+    }
+
+    #[test]
+    fn only_envoy_1_37_and_later_retry_after_a_body() {
+        assert!(!envoy_retries_after_body(Some(1), Some(36)));
+        assert!(envoy_retries_after_body(Some(1), Some(37)));
+        assert!(envoy_retries_after_body(Some(1), Some(40)));
+        assert!(envoy_retries_after_body(Some(2), None));
+        assert!(!envoy_retries_after_body(None, None));
     }
 
     #[test]

@@ -136,18 +136,13 @@ fn classify_local_reply(details: &str) -> Option<Outcome> {
         return None;
     }
     if let Some(rest) = details.strip_prefix("upstream_reset_before_response_started") {
-        return Some(
-            if rest.contains("connection_failure")
-                || rest.contains("connect_error")
-                || rest.contains("connection_timeout")
-            {
-                Outcome::ConnectFailure
-            } else if rest.contains("overflow") {
-                Outcome::LocalError
-            } else {
-                Outcome::Reset
-            },
-        );
+        return Some(if is_connect_failure(rest) {
+            Outcome::ConnectFailure
+        } else if rest.contains("overflow") {
+            Outcome::LocalError
+        } else {
+            Outcome::Reset
+        });
     }
     if details.starts_with("upstream_reset_after_response_started") {
         return Some(Outcome::StreamTruncated);
@@ -173,6 +168,13 @@ fn classify_local_reply(details: &str) -> Option<Outcome> {
         return Some(Outcome::LocalError);
     }
     None
+}
+
+/// Do Envoy's code details say it could not connect to the upstream?
+pub fn is_connect_failure(details: &str) -> bool {
+    details.contains("connection_failure")
+        || details.contains("connect_error")
+        || details.contains("connection_timeout")
 }
 
 /// `retry-after-ms` (OpenAI style, milliseconds) wins over `retry-after` (seconds, possibly

@@ -15,9 +15,10 @@
 //!   as under an Istio `WasmPlugin` (no upstream filter): failover then takes effect for the
 //!   requests that follow a breaker trip.
 
-use crate::attempt::{Attempt, AttemptSetup, AttemptSummary};
+use crate::attempt::{Attempt, AttemptSetup, AttemptSummary, HeadStep, ResponseHead, RETRY_HEADER};
 use crate::breaker::{Admission, Peek};
 use crate::classify::classify_headers;
+use crate::classify::Outcome;
 use crate::config::{Chain, ClientApi, Config, DegradedMode};
 use crate::degraded::{degraded_response, DegradedReason, LocalResponse};
 use crate::health::{Budget, Health};
@@ -53,6 +54,17 @@ pub enum Step {
     /// Send it on with these header edits (and this body), then clear the route cache.
     Forward { headers: HeaderEdits, body: Option<Vec<u8>> },
     /// Answer the client now.
+    Reply(LocalResponse),
+}
+
+/// What the downstream filter does with the response headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Let them go on, with these edits.
+    Pass(HeaderEdits),
+    /// Keep them until the body says (single mode).
+    Hold,
+    /// Answer the client with this instead.
     Reply(LocalResponse),
 }
 
@@ -123,6 +135,8 @@ pub struct Exchange {
     /// A local reply went to the client (from either side).
     pub replied: bool,
     pub degraded: Option<DegradedReason>,
+    /// An answer came back without the upstream filter having started an attempt.
+    pub upstream_filter_missing: bool,
     /// Why a request was refused with a 400 by the filter itself.
     pub refused: Option<&'static str>,
     /// The attempt run by the downstream filter (single mode).
@@ -165,6 +179,7 @@ impl Exchange {
             replied: false,
             degraded: None,
             refused: None,
+            upstream_filter_missing: false,
             single: None,
             id_suffix,
         }
@@ -208,29 +223,32 @@ impl Exchange {
             return Step::Reply(self.degrade(cfg, DegradedReason::NoProviderAvailable));
         }
         if head.end_of_stream {
-            return self.plan_single_with_body(cfg, head, b"", health);
+            self.body_read = true;
+            return self.plan_single_with_body(cfg, head, health);
         }
         Step::Hold
     }
 
-    /// The whole request body (after a [`Step::Hold`]); `head` is the request headers as held.
+    /// The whole request body (after a [`Step::Hold`]; kept, to be rewritten for a host that
+    /// needs it); `head` is the request headers as held.
     pub fn on_request_body(
         &mut self,
         cfg: &Config,
         head: &RequestHead<'_>,
-        body: &[u8],
+        body: Vec<u8>,
         health: &mut dyn Health,
         budget: &mut dyn Budget,
     ) -> Step {
+        let size = body.len();
         if let Err(r) = self.read_body(body) {
             return r;
         }
         match self.mode {
             Mode::Attempts => {
                 let limit = self.chain(cfg).and_then(|c| c.failover.as_ref()).map_or(u64::MAX, |f| f.max_replay_bytes);
-                if body.len() as u64 > limit {
+                if size as u64 > limit {
                     self.no_replay = Some(NoReplay::BodyTooLarge);
-                    log::debug!("request body of {} bytes is over failover.max_replay_bytes: no replay", body.len());
+                    log::debug!("request body of {size} bytes is over failover.max_replay_bytes: no replay");
                 }
                 let step = self.plan_attempts(cfg, head, health);
                 if self.max_attempts > 1 {
@@ -238,24 +256,24 @@ impl Exchange {
                 }
                 step
             }
-            Mode::Single => self.plan_single_with_body(cfg, head, body, health),
+            Mode::Single => self.plan_single_with_body(cfg, head, health),
         }
     }
 
     /// Parses and checks the client's body; a bad one is answered 400 in the client's format.
-    fn read_body(&mut self, body: &[u8]) -> Result<(), Step> {
+    fn read_body(&mut self, body: Vec<u8>) -> Result<(), Step> {
         self.body_read = true;
         if body.is_empty() {
             return Ok(());
         }
-        match validate::peek_body(body) {
+        match validate::peek_body(&body) {
             Ok(p) => {
                 self.model = p.model;
                 self.stream = p.stream;
             }
             Err(e) => return Err(self.refuse(&e)),
         }
-        self.body = body.to_vec();
+        self.body = body;
         Ok(())
     }
 
@@ -386,14 +404,7 @@ impl Exchange {
     }
 
     /// Single mode with the body in hand: walk from the start, rewriting where needed.
-    fn plan_single_with_body(
-        &mut self,
-        cfg: &Config,
-        head: &RequestHead<'_>,
-        body: &[u8],
-        health: &mut dyn Health,
-    ) -> Step {
-        let _ = body;
+    fn plan_single_with_body(&mut self, cfg: &Config, head: &RequestHead<'_>, health: &mut dyn Health) -> Step {
         let w = match self.walk(cfg, 1, health) {
             Ok(w) => w,
             Err(step) => return step,
@@ -639,6 +650,53 @@ impl Exchange {
         self.summaries.push(summary);
     }
 
+    /// Does the downstream filter need every response header the attempt reads (single mode),
+    /// or only the status and Envoy's code details (attempts mode: the upstream filter watched
+    /// each attempt)?
+    pub fn watches_the_answer(&self) -> bool {
+        self.mode == Mode::Single
+    }
+
+    /// The response headers as the downstream filter sees them: in attempts mode the final
+    /// response (a failure that still reaches it becomes the degraded answer), in single mode the
+    /// one attempt's (a provider failure becomes the degraded answer unless the config says to
+    /// pass it).
+    pub fn on_response_headers(&mut self, cfg: &Config, head: &ResponseHead<'_>, now_ms: u64) -> Answer {
+        if self.replied {
+            return Answer::Pass(HeaderEdits::new());
+        }
+        let ok = (200..300).contains(&head.status);
+        if self.mode == Mode::Attempts {
+            if self.attempts_started == 0 && !matches!(head.details, Some(d) if d != "via_upstream") {
+                // A provider answered without any attempt having started.
+                self.upstream_filter_missing = true;
+            }
+            if let Some(resp) = self.on_final_response(cfg, head.status, head.details) {
+                return Answer::Reply(resp);
+            }
+            // The retry marker of an attempt Envoy did not retry is the filter's own.
+            let edits = if ok { HeaderEdits::new() } else { vec![(RETRY_HEADER.to_string(), None)] };
+            return Answer::Pass(edits);
+        }
+        let Some(a) = self.single.as_mut() else { return Answer::Pass(HeaderEdits::new()) };
+        let step = a.on_response_headers(head, now_ms);
+        let failed = a.outcome().is_some_and(Outcome::is_provider_failure);
+        if failed && cfg.degraded.on_upstream_failure {
+            return Answer::Reply(self.degrade(cfg, DegradedReason::UpstreamFailure));
+        }
+        match step {
+            HeadStep::Continue(edits) | HeadStep::Retry(edits) => Answer::Pass(edits),
+            HeadStep::Hold => Answer::Hold,
+        }
+    }
+
+    /// The chain's first provider and the one that answered, when they differ (a failover).
+    pub fn failover(&self, cfg: &Config) -> Option<(usize, usize)> {
+        let answered = self.summaries.iter().rev().find(|s| s.answered)?;
+        let first = *cfg.chains.get(self.chain)?.providers.first()?;
+        (answered.position > 0).then_some((first, answered.provider))
+    }
+
     /// The final response, as the downstream filter sees it (attempts mode): a failure that
     /// reached it (every attempt spent, or Envoy's own reply after the last one) becomes the
     /// degraded answer. `details`: Envoy's `response.code_details`.
@@ -656,15 +714,6 @@ impl Exchange {
         self.replied = true;
         self.degraded = Some(reason);
         degraded_response(&cfg.degraded, self.client, self.model.as_deref(), self.stream, reason, self.id_suffix)
-    }
-
-    /// The degraded answer for a held request whose body cannot be read (error form, right for
-    /// streams and JSON alike).
-    pub fn degrade_error_form(&mut self, cfg: &Config, reason: DegradedReason) -> LocalResponse {
-        self.replied = true;
-        self.degraded = Some(reason);
-        let settings = crate::config::DegradedSettings { mode: DegradedMode::Error, ..cfg.degraded.clone() };
-        degraded_response(&settings, self.client, None, false, reason, self.id_suffix)
     }
 
     /// What the request did, for the access log and the request-level stats.

@@ -92,7 +92,7 @@ fn serve(
     let head = RequestHead { headers: &hs, end_of_stream: false };
     let mut ex = Exchange::new(cfg, 0, &head, true, now, 1);
     assert_eq!(ex.on_request_headers(cfg, &head, h), Step::Hold);
-    let forward = match ex.on_request_body(cfg, &head, body, h, b) {
+    let forward = match ex.on_request_body(cfg, &head, body.to_vec(), h, b) {
         Step::Forward { headers, .. } => headers,
         Step::Reply(r) => {
             return Served { provider: None, reply: Some(r), record: ex.record(cfg, now), forward: vec![] };
@@ -168,7 +168,9 @@ fn a_healthy_request_goes_to_the_aggregate_with_its_retries_and_deadline() {
     let head = RequestHead { headers: &hs, end_of_stream: false };
     let mut ex = Exchange::new(&c, 0, &head, true, 1_000, 1);
     ex.on_request_headers(&c, &head, &mut h);
-    let Step::Forward { headers, .. } = ex.on_request_body(&c, &head, stream, &mut h, &mut b) else { panic!() };
+    let Step::Forward { headers, .. } = ex.on_request_body(&c, &head, stream.to_vec(), &mut h, &mut b) else {
+        panic!()
+    };
     assert_eq!(edit(&headers, "x-envoy-upstream-rq-per-try-timeout-ms"), Some(&Some("1000".to_string())));
 }
 
@@ -194,7 +196,7 @@ fn an_attempt_carries_its_own_providers_credential_and_nobody_elses() {
     let head = RequestHead { headers: &hs, end_of_stream: false };
     let mut ex = Exchange::new(&c, 0, &head, true, 1_000, 1);
     ex.on_request_headers(&c, &head, &mut h);
-    ex.on_request_body(&c, &head, BODY, &mut h, &mut b);
+    ex.on_request_body(&c, &head, BODY.to_vec(), &mut h, &mut b);
     // Attempt 1 at the primary: the client's key stays (pass_client_credentials).
     let current = |n: &str| head.get(n).map(str::to_string);
     let Start::Go { headers: e1, .. } = ex.start_attempt(&c, 1, Some("primary"), &current, &mut h, &mut b, 1_001, true)
@@ -270,7 +272,41 @@ fn recovery_brings_traffic_back_within_30_s_and_probes_cost_users_nothing() {
         }
     }
     let back = back_at.expect("traffic came back") - recovered_at;
+    println!("FIGURE recovery: traffic back on the primary {back} ms after its recovery (60 s outage)");
     assert!(back <= 30_000, "traffic back on the primary {back} ms after it recovered");
+}
+
+#[test]
+fn with_the_default_breaker_recovery_takes_at_most_its_open_period_cap() {
+    // The default breaker (5 failures or half the window; open 5 s, x1.5, at most 20 s), the
+    // jitter at its midpoint; outages of 20 s to 5 min, a request every 100 ms.
+    let mut c = cfg();
+    c.breaker = config::BreakerSettings::default();
+    for outage_s in [20u64, 60, 300] {
+        let (mut h, mut b) = (MemHealth::new(3, &c.breaker), MemBudget::new(&c.retry_budget));
+        let recovered_at = outage_s * 1000;
+        let mut back_at = None;
+        for i in 0..(outage_s * 10 + 400) {
+            let t = i * 100;
+            let fault = if t < recovered_at { Fault::Status(503) } else { Fault::Ok };
+            let s = serve(&c, &mut h, &mut b, 1_000_000 + t, BODY, &[], &|p| {
+                if p == "primary" {
+                    fault
+                } else {
+                    Fault::Ok
+                }
+            });
+            assert!(s.provider.is_some(), "every request is answered");
+            if t >= recovered_at && s.provider.as_deref() == Some("primary") && back_at.is_none() {
+                back_at = Some(t - recovered_at);
+            }
+        }
+        let back = back_at.expect("traffic came back");
+        println!(
+            "FIGURE default breaker, {outage_s} s outage: traffic back on the primary {back} ms after its recovery"
+        );
+        assert!(back <= c.breaker.max_open_ms + 1_000, "{back} ms");
+    }
 }
 
 #[test]
@@ -373,7 +409,7 @@ fn an_attempt_that_reaches_an_unnamed_host_sends_nothing() {
     let head = RequestHead { headers: &hs, end_of_stream: false };
     let mut ex = Exchange::new(&c, 0, &head, true, 1_000, 1);
     ex.on_request_headers(&c, &head, &mut h);
-    ex.on_request_body(&c, &head, BODY, &mut h, &mut b);
+    ex.on_request_body(&c, &head, BODY.to_vec(), &mut h, &mut b);
     let current = |n: &str| head.get(n).map(str::to_string);
     let Start::Reply(r) = ex.start_attempt(&c, 1, None, &current, &mut h, &mut b, 1_001, true) else { panic!() };
     assert!(r.headers.iter().any(|(k, v)| *k == "x-llm-degraded-reason" && v == "misconfigured"));

@@ -15,8 +15,6 @@
 //! Presence: a call the host answers `Ok` yields `Some` (an empty value comes back as a null
 //! pointer and becomes `Some(vec![])`); only `NotFound` yields `None`.
 
-#![allow(dead_code)]
-
 pub use proxy_wasm::types::Status;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
 use std::ptr::{null, null_mut};
@@ -52,8 +50,6 @@ extern "C" {
 
     fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
 
-    fn proxy_set_header_map_pairs(map_type: u32, map_data: *const u8, map_size: usize) -> u32;
-
     fn proxy_get_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -71,14 +67,6 @@ extern "C" {
     ) -> u32;
 
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
-
-    fn proxy_add_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> u32;
 
     fn proxy_get_property(
         path_data: *const u8,
@@ -104,8 +92,6 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
-
-    fn proxy_continue_stream(stream_type: u32) -> u32;
 
     fn proxy_close_stream(stream_type: u32) -> u32;
 
@@ -208,19 +194,6 @@ pub fn set_map_value(map: MapType, key: &str, value: Option<&[u8]>) -> Result<()
     check(code)
 }
 
-/// Adds one more value for header `key`, keeping any it already has.
-pub fn add_map_value(map: MapType, key: &str, value: &[u8]) -> Result<()> {
-    // SAFETY: pointers and lengths of live slices; the host copies them during the call.
-    check(unsafe { proxy_add_header_map_value(map as u32, key.as_ptr(), key.len(), value.as_ptr(), value.len()) })
-}
-
-/// Replaces the whole header map with `pairs`.
-pub fn replace_map(map: MapType, pairs: &[(&str, &[u8])]) -> Result<()> {
-    let serialized = serialize_map(pairs)?;
-    // SAFETY: pointer and length of a live buffer; the host copies it during the call.
-    check(unsafe { proxy_set_header_map_pairs(map as u32, serialized.as_ptr(), serialized.len()) })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Buffers
 // ---------------------------------------------------------------------------------------------
@@ -286,12 +259,6 @@ pub fn send_local_response(status_code: u32, headers: &[(&str, &str)], body: &[u
             -1,
         )
     })
-}
-
-/// Resumes a stream paused by the filter.
-pub fn continue_stream(stream: StreamType) -> Result<()> {
-    // SAFETY: plain value argument.
-    check(unsafe { proxy_continue_stream(stream as u32) })
 }
 
 /// Closes (resets) a stream.
@@ -379,24 +346,6 @@ pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>>
         // A missing function is an error here, not an absent value.
         other => Err(status_from_code(other)),
     }
-}
-
-/// Dispatches an HTTP call to cluster `upstream`; returns its token.
-///
-/// The one function that goes through the SDK (`proxy_wasm::hostcalls::dispatch_http_call`):
-/// the SDK's exported `proxy_on_http_call_response` looks the token up in its dispatcher and
-/// panics on one it did not register, and only the SDK's own call registers it. The SDK panics
-/// on a status other than Ok, BadArgument and InternalFailure (the statuses Envoy returns).
-pub fn dispatch_http_call(
-    upstream: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    trailers: &[(&str, &str)],
-    timeout_ms: u32,
-) -> Result<u32> {
-    let body = (!body.is_empty()).then_some(body);
-    let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
-    proxy_wasm::hostcalls::dispatch_http_call(upstream, headers.to_vec(), body, trailers.to_vec(), timeout)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ use super::health::{SharedBudget, SharedHealth};
 use super::props::{property_string, property_u64, response_header, set_header};
 use super::registry::{self, SharedExchange, EXCHANGE_PROPERTY};
 use super::{abi, metrics, now_ms, random_u64, waiting};
-use crate::attempt::{AttemptSummary, BodyStep, HeadStep, ResponseHead, RETRY_HEADER};
+use crate::attempt::{AttemptSummary, BodyStep, ResponseHeaders};
 use crate::config::Config;
-use crate::degraded::{DegradedReason, LocalResponse};
-use crate::exchange::{Exchange, Mode, RequestHead, Step};
+use crate::degraded::LocalResponse;
+use crate::exchange::{Answer, Exchange, Mode, RequestHead, Step};
 use crate::health::Health;
 use crate::plan::HeaderEdits;
 use crate::request_peek::RequestPeek;
@@ -189,7 +189,7 @@ impl HttpContext for Filter {
             let step = ex.borrow_mut().on_request_body(
                 &cfg,
                 &head,
-                &body,
+                body,
                 &mut SharedHealth { cfg: &cfg },
                 &mut SharedBudget { cfg: &cfg },
             );
@@ -211,7 +211,7 @@ impl HttpContext for Filter {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let (Some(cfg), Some(ex)) = (self.cfg.clone(), self.ex.clone()) else { return Action::Continue };
         if self.held.is_some() {
             // A reply while the request waited for its body: the tick's degraded answer.
@@ -222,55 +222,32 @@ impl HttpContext for Filter {
         if ex.replied {
             return Action::Continue;
         }
-        let status = response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        // Envoy's own replies (timeouts, resets) are never 2xx: skip the lookups on success.
-        let ok = (200..300).contains(&status);
-        let details = if ok { None } else { property_string(&["response", "code_details"]) };
-        if ex.mode == Mode::Attempts {
-            if ex.attempts_started == 0 && !matches!(details.as_deref(), Some(d) if d != "via_upstream") {
-                warn_no_upstream_filter();
-            }
-            if let Some(resp) = ex.on_final_response(&cfg, status, details.as_deref()) {
-                drop(ex);
-                send(&resp, "llm_failover_degraded");
-                return Action::Pause;
-            }
-            if !ok && response_header(RETRY_HEADER).is_some() {
-                set_header(MapType::HttpResponseHeaders, RETRY_HEADER, None);
-            }
-            return Action::Continue;
-        }
-        // Single mode: the one attempt is watched here.
-        let (ra_ms, ra) = if status == 429 {
-            (response_header("retry-after-ms"), response_header("retry-after"))
+        // Attempts mode reads only the status and Envoy's code details (the upstream filter
+        // watched each attempt); single mode reads what its attempt needs.
+        let details = || property_string(&["response", "code_details"]);
+        let headers = if ex.watches_the_answer() {
+            ResponseHeaders::read(&response_header, &details)
         } else {
-            (None, None)
+            let status = response_header(":status").and_then(|s| s.trim().parse::<u16>().ok()).unwrap_or(0);
+            let ok = (200..300).contains(&status);
+            ResponseHeaders { status, details: if ok { None } else { details() }, ..Default::default() }
         };
-        let content_type = if ok { response_header("content-type").unwrap_or_default() } else { String::new() };
-        let encoded = ok && response_header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
-        let head = ResponseHead {
-            status,
-            content_type: &content_type,
-            encoded,
-            retry_after_ms: ra_ms.as_deref(),
-            retry_after: ra.as_deref(),
-            details: details.as_deref(),
-        };
-        let now = now_ms();
-        let Some(step) = ex.single.as_mut().map(|a| a.on_response_headers(&head, now)) else { return Action::Continue };
-        let failed = ex.single.as_ref().and_then(|a| a.outcome()).is_some_and(|o| o.is_provider_failure());
-        if failed && cfg.degraded.on_upstream_failure {
-            let resp = ex.degrade(&cfg, DegradedReason::UpstreamFailure);
-            drop(ex);
-            send(&resp, "llm_failover_degraded");
-            return Action::Pause;
+        let answer = ex.on_response_headers(&cfg, &headers.head(), now_ms());
+        if ex.upstream_filter_missing {
+            warn_no_upstream_filter();
         }
-        let _ = end_of_stream;
-        match step {
-            HeadStep::Continue(edits) | HeadStep::Retry(edits) => apply_edits(MapType::HttpResponseHeaders, &edits),
-            HeadStep::Hold => return Action::Pause,
+        drop(ex);
+        match answer {
+            Answer::Pass(edits) => {
+                apply_edits(MapType::HttpResponseHeaders, &edits);
+                Action::Continue
+            }
+            Answer::Hold => Action::Pause,
+            Answer::Reply(resp) => {
+                send(&resp, "llm_failover_degraded");
+                Action::Pause
+            }
         }
-        Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -280,9 +257,11 @@ impl HttpContext for Filter {
             return Action::Continue;
         }
         let Some(a) = ex.single.as_mut() else { return Action::Continue };
-        let data = match body_size {
-            0 => Vec::new(),
-            n => abi::get_buffer(BufferType::HttpResponseBody, 0, n).ok().flatten().unwrap_or_default(),
+        let data = match a.reads_body_from(end_of_stream) {
+            Some(from) if body_size > from => {
+                abi::get_buffer(BufferType::HttpResponseBody, from, body_size - from).ok().flatten().unwrap_or_default()
+            }
+            _ => Vec::new(),
         };
         match a.on_response_body(&data, end_of_stream, now_ms()) {
             BodyStep::Continue { headers, body } => {
@@ -331,13 +310,9 @@ impl HttpContext for Filter {
         if let Some(reason) = record.degraded_reason {
             metrics::counter(telemetry::degraded(reason), 1);
         }
-        if let Some(answered) = ex.summaries.iter().rev().find(|s| s.answered) {
-            if answered.position > 0 {
-                let chain = cfg.chains.get(ex.chain);
-                let first = chain.and_then(|c| c.providers.first()).and_then(|&p| cfg.providers.get(p));
-                if let (Some(from), Some(to)) = (first, cfg.providers.get(answered.provider)) {
-                    metrics::counter(telemetry::failovers(&from.name, &to.name), 1);
-                }
+        if let Some((from, to)) = ex.failover(&cfg) {
+            if let (Some(from), Some(to)) = (cfg.providers.get(from), cfg.providers.get(to)) {
+                metrics::counter(telemetry::failovers(&from.name, &to.name), 1);
             }
         }
         if ex.mode == Mode::Attempts && ex.attempts_started > 0 {

@@ -109,16 +109,15 @@ pub fn stalled(now_ms: u64) -> Vec<u32> {
     })
 }
 
-/// Can this Envoy retry an attempt whose body the filter has seen? Envoy 1.36 crashes when an
-/// upstream filter does that; 1.37 and later do not. Read once per VM from the node's build
-/// version; unknown means no.
+/// Can this Envoy retry an attempt whose body the filter has seen (see
+/// [`crate::attempt::envoy_retries_after_body`])? Read once per VM from the node's build version.
 pub fn retry_from_body() -> bool {
     if let Some(v) = RETRY_FROM_BODY.with(Cell::get) {
         return v;
     }
     let major = props::property_u64(&["xds", "node", "user_agent_build_version", "version", "major_number"]);
     let minor = props::property_u64(&["xds", "node", "user_agent_build_version", "version", "minor_number"]);
-    let v = matches!((major, minor), (Some(1), Some(m)) if m >= 37) || major.is_some_and(|m| m > 1);
+    let v = crate::attempt::envoy_retries_after_body(major, minor);
     RETRY_FROM_BODY.with(|c| c.set(Some(v)));
     v
 }

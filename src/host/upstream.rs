@@ -10,7 +10,7 @@ use super::health::{SharedBudget, SharedHealth};
 use super::props::{property, property_string, property_u64, response_header};
 use super::registry::{self, SharedAttempt, SharedExchange, EXCHANGE_PROPERTY};
 use super::{abi, now_ms};
-use crate::attempt::{BodyStep, HeadStep, ResponseHead};
+use crate::attempt::{BodyStep, HeadStep, ResponseHeaders};
 use crate::config::Config;
 use crate::exchange::Start;
 use crate::health::Health;
@@ -148,24 +148,8 @@ impl HttpContext for Upstream {
             return Action::Continue;
         }
         let Some(a) = self.attempt.clone() else { return Action::Continue };
-        let status = response_header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        let ok = (200..300).contains(&status);
-        let (ra_ms, ra) = if status == 429 {
-            (response_header("retry-after-ms"), response_header("retry-after"))
-        } else {
-            (None, None)
-        };
-        let content_type = response_header("content-type").unwrap_or_default();
-        let encoded = ok && response_header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
-        let head = ResponseHead {
-            status,
-            content_type: &content_type,
-            encoded,
-            retry_after_ms: ra_ms.as_deref(),
-            retry_after: ra.as_deref(),
-            details: None,
-        };
-        let step = a.borrow_mut().on_response_headers(&head, now_ms());
+        let headers = ResponseHeaders::read(&response_header, &|| None);
+        let step = a.borrow_mut().on_response_headers(&headers.head(), now_ms());
         match step {
             HeadStep::Continue(edits) | HeadStep::Retry(edits) => {
                 apply_edits(MapType::HttpResponseHeaders, &edits);
@@ -183,9 +167,12 @@ impl HttpContext for Upstream {
             return Action::Continue;
         }
         let Some(a) = self.attempt.clone() else { return Action::Continue };
-        let data = match body_size {
-            0 => Vec::new(),
-            n => abi::get_buffer(BufferType::HttpResponseBody, 0, n).ok().flatten().unwrap_or_default(),
+        let from = a.borrow().reads_body_from(end_of_stream);
+        let data = match from {
+            Some(from) if body_size > from => {
+                abi::get_buffer(BufferType::HttpResponseBody, from, body_size - from).ok().flatten().unwrap_or_default()
+            }
+            _ => Vec::new(),
         };
         let step = a.borrow_mut().on_response_body(&data, end_of_stream, now_ms());
         match step {

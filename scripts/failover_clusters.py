@@ -14,8 +14,8 @@ for every ordered subset of two or more of the chain's providers (`--suffixes`: 
 suffixes, for an open first provider; fewer clusters, no failover around an open provider in the
 middle).
 
-    python3 scripts/failover_clusters.py envoy/demo-hosts.yaml          # or a filter-config .json
-    python3 scripts/failover_clusters.py my-filter-config.json --suffixes
+    .tools/venv/bin/python scripts/failover_clusters.py envoy/demo-hosts.yaml   # after make tools
+    python3 scripts/failover_clusters.py my-filter-config.json --suffixes       # JSON: no PyYAML needed
 
 Each provider's own cluster must name its provider in its endpoints' metadata:
     metadata: { filter_metadata: { llm_failover: { provider: <name> } } }
@@ -34,7 +34,11 @@ def filter_config(path: Path) -> dict:
     text = path.read_text()
     if path.suffix == ".json":
         return json.loads(text)
-    import yaml  # the test venv has PyYAML
+    try:
+        import yaml
+    except ImportError:
+        sys.exit("reading an Envoy YAML needs PyYAML: run `make tools` and use .tools/venv/bin/python, "
+                 "or pass the filter configuration as a .json file")
 
     def find(node):
         if isinstance(node, dict):

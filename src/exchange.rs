@@ -44,6 +44,15 @@ pub const ENVOY_CONTROL_HEADERS: [&str; 8] = [
     "x-envoy-hedge-on-per-try-timeout",
 ];
 
+/// Removes the Envoy retry and timeout headers the client sent, but for those `edits` set.
+fn strip_envoy_controls(head: &RequestHead<'_>, edits: &mut HeaderEdits) {
+    for h in ENVOY_CONTROL_HEADERS {
+        if head.has(h) && !edits.iter().any(|(k, _)| k == h) {
+            edits.push((h.to_string(), None));
+        }
+    }
+}
+
 /// What the host must do next with the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -383,11 +392,7 @@ impl Exchange {
         if let Some(ms) = chain.deadlines.first_content_ms(self.stream) {
             edits.push(("x-envoy-upstream-rq-per-try-timeout-ms".to_string(), Some(ms.to_string())));
         }
-        for h in ENVOY_CONTROL_HEADERS {
-            if head.has(h) && !edits.iter().any(|(k, _)| k == h) {
-                edits.push((h.to_string(), None));
-            }
-        }
+        strip_envoy_controls(head, &mut edits);
         // Each attempt sets its own credential; the client's go only where the chain lets them
         // (removed here too, so that they leak nowhere even if the upstream filter is missing).
         let keep_client = first.position == 0
@@ -435,11 +440,7 @@ impl Exchange {
         if rw.is_some() && head.has("accept-encoding") {
             headers.push(("accept-encoding".to_string(), None));
         }
-        for h in ENVOY_CONTROL_HEADERS {
-            if head.has(h) {
-                headers.push((h.to_string(), None));
-            }
-        }
+        strip_envoy_controls(head, &mut headers);
         headers.push((cfg.route_header.clone(), Some(provider.cluster.clone())));
         let model = match &rw {
             Some(r) => Some(r.model.clone()).filter(|m| validate::valid_model(m)),

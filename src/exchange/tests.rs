@@ -254,24 +254,27 @@ fn an_outage_opens_the_breaker_and_later_requests_start_at_the_fallback() {
     assert_eq!(primary_calls, 3);
 }
 
-#[test]
-fn recovery_brings_traffic_back_within_30_s_and_probes_cost_users_nothing() {
-    // The primary answers 503 for 60 s, then recovers; a request every 100 ms.
-    let c = cfg();
+/// A request every 100 ms through an outage of 503s at the primary that ends after
+/// `outage_s`: every request must be answered; returns the ms from the recovery until traffic
+/// is back on the primary.
+fn recovery_ms(c: &Config, outage_s: u64) -> u64 {
     let (mut h, mut b) = (MemHealth::new(3, &c.breaker), MemBudget::new(&c.retry_budget));
-    let recovered_at = 60_000;
-    let mut back_at = None;
-    for i in 0..1_000u64 {
-        let now = 1_000_000 + i * 100;
-        let t = now - 1_000_000;
+    let recovered_at = outage_s * 1000;
+    for i in 0..(outage_s * 10 + 400) {
+        let t = i * 100;
         let fault = if t < recovered_at { Fault::Status(503) } else { Fault::Ok };
-        let s = serve(&c, &mut h, &mut b, now, BODY, &[], &|p| if p == "primary" { fault } else { Fault::Ok });
+        let s = serve(c, &mut h, &mut b, 1_000_000 + t, BODY, &[], &|p| if p == "primary" { fault } else { Fault::Ok });
         assert!(s.reply.is_none() && s.provider.is_some(), "at {t} ms every request is answered: {:?}", s.record);
-        if t >= recovered_at && s.provider.as_deref() == Some("primary") && back_at.is_none() {
-            back_at = Some(t);
+        if t >= recovered_at && s.provider.as_deref() == Some("primary") {
+            return t - recovered_at;
         }
     }
-    let back = back_at.expect("traffic came back") - recovered_at;
+    panic!("traffic never came back to the primary");
+}
+
+#[test]
+fn recovery_brings_traffic_back_within_30_s_and_probes_cost_users_nothing() {
+    let back = recovery_ms(&cfg(), 60);
     println!("FIGURE recovery: traffic back on the primary {back} ms after its recovery (60 s outage)");
     assert!(back <= 30_000, "traffic back on the primary {back} ms after it recovered");
 }
@@ -279,29 +282,11 @@ fn recovery_brings_traffic_back_within_30_s_and_probes_cost_users_nothing() {
 #[test]
 fn with_the_default_breaker_recovery_takes_at_most_its_open_period_cap() {
     // The default breaker (5 failures or half the window; open 5 s, x1.5, at most 20 s), the
-    // jitter at its midpoint; outages of 20 s to 5 min, a request every 100 ms.
+    // jitter at its midpoint; outages of 20 s to 5 min.
     let mut c = cfg();
     c.breaker = config::BreakerSettings::default();
     for outage_s in [20u64, 60, 300] {
-        let (mut h, mut b) = (MemHealth::new(3, &c.breaker), MemBudget::new(&c.retry_budget));
-        let recovered_at = outage_s * 1000;
-        let mut back_at = None;
-        for i in 0..(outage_s * 10 + 400) {
-            let t = i * 100;
-            let fault = if t < recovered_at { Fault::Status(503) } else { Fault::Ok };
-            let s = serve(&c, &mut h, &mut b, 1_000_000 + t, BODY, &[], &|p| {
-                if p == "primary" {
-                    fault
-                } else {
-                    Fault::Ok
-                }
-            });
-            assert!(s.provider.is_some(), "every request is answered");
-            if t >= recovered_at && s.provider.as_deref() == Some("primary") && back_at.is_none() {
-                back_at = Some(t - recovered_at);
-            }
-        }
-        let back = back_at.expect("traffic came back");
+        let back = recovery_ms(&c, outage_s);
         println!(
             "FIGURE default breaker, {outage_s} s outage: traffic back on the primary {back} ms after its recovery"
         );

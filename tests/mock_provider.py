@@ -11,12 +11,16 @@ Prints ``mock provider <name> listening on http://HOST:PORT`` (flushed) once lis
 
 Library:
     server, port = start_mock("primary", port=0, api="bedrock", models=["us.anthropic.claude-opus-4-6-v1:0"])
+    server, port = start_mock("small", answer_text="The quick brown fox", max_prompt_chars=2000)
+    server.set_answer({"continuation": "start_over"})   # as POST /_control/answer (ValueError if invalid)
     ...
     server.shutdown()   # stops serving, closes the listener and all open connections
 
 APIs (``api=``), their endpoints and options (every API also takes ``strict`` (default True: reject
 what the real host rejects; False: skip credential and schema checks, keep routing and required
-fields) and ``keys`` (list of accepted credentials; default: any well-formed one)):
+fields), ``keys`` (list of accepted credentials; default: any well-formed one) and the answer
+setting's initial values ``answer_text``, ``continuation``, ``reject_prefill``, ``max_prompt_chars``
+(see "The answer" below)):
 
     anthropic  POST /v1/messages             (default; no credential check unless ``keys`` is given)
     vertex     POST /v1/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:rawPredict
@@ -34,11 +38,20 @@ Control endpoints (all APIs):
     GET  /_control/info        {"name", "api", "options"}
     POST /_control/fault       {"mode": M, ...params} -> echo; invalid -> 400
     GET  /_control/fault       current fault (with remaining count)
+    POST /_control/answer      {"text": str | null, "continuation": "exact" | "start_over",
+                                "reject_prefill": bool, "max_prompt_chars": int | null}, every field
+                               optional: merged into the current setting -> the whole setting;
+                               invalid (unknown field, bad value) -> 400 {"ok": false, "error": ...}
+    GET  /_control/answer      the current answer setting
     GET  /_control/requests    recorded requests (rejected ones too), each with "api", "credential"
-                               (the credential headers present), "query", "route" (URL parameters)
-    POST /_control/reset       clear recorded requests, fault = none
+                               (the credential headers present), "query", "route" (URL parameters),
+                               "continuation" ("prefill" | "instruction" | null, see below)
+    POST /_control/reset       clear recorded requests, fault = none, the answer setting back to the
+                               server options (defaults: text null, continuation "exact",
+                               reject_prefill false, max_prompt_chars null)
 
-A request is checked in the real host's order: URL (404), credential (401/403), body (400), and
+A request is checked in the real host's order: URL (404), credential (401/403), body (400), the
+answer setting's limits (400: reject_prefill, max_prompt_chars; they consume no fault `count`), and
 only then the fault applies. Strict checks per API:
     anthropic  unknown top-level fields ("<field>: Extra inputs are not permitted", anthropic_version
                included), roles user/assistant, content a string or blocks with a `type`, a
@@ -59,7 +72,7 @@ only then the fault applies. Strict checks per API:
 
 Fault modes: none, 500, 529, 429, 503, 400, 401, 403, 404, 413, hang, reset, stream_error,
 truncate, slow_first_byte, garbage, slow_first_token, stall, late_end, no_done, error_first,
-html_error, truncate_after. Params: count, retry_after, hang_ms, delay_ms, chunk_delay_ms,
+html_error, truncate_after, context_overflow. Params: count, retry_after, hang_ms, delay_ms, chunk_delay_ms,
 after_deltas, status, exception (bedrock stream_error / error_first exception type), frame_split
 (bedrock). Each API answers a fault in its own error shape; 529 is an Anthropic status (anthropic,
 vertex): the others answer 503. `count` N: the fault applies to the next N API requests, then
@@ -97,17 +110,59 @@ quietly, leaving the body unterminated) when the client disconnects or the serve
                       "The server is overloaded", "type": "server_error", ...}}`; bedrock: an
                       exception frame, `exception` (default throttlingException)), then a clean
                       end. Non-stream: like stream_error (529 anthropic/vertex, 503 the others).
+    stream_error      after_deltas (none). Stream: without after_deltas, the start of the stream
+                      (anthropic, vertex, bedrock: message_start, content_block_start and the first
+                      delta, no ping; openai, azure: the role chunk and the first piece); with
+                      after_deltas, the stream through its after_deltas-th content delta (the
+                      answer made longer as for truncate_after when it has no more deltas than
+                      that). Then the overload error as error_first sends it (bedrock: `exception`),
+                      then a clean end. Non-stream: 529 (anthropic, vertex) or 503 (the others).
     html_error        status (502; 400-599). That status with content-type text/html and a small
                       load-balancer error page (no provider headers), stream or not.
     truncate_after    after_deltas (2). Stream: the stream through its after_deltas-th content
                       delta, then a clean end of the body (chunked terminator, whole frames) with no
                       terminal event; when the answer has no more than after_deltas deltas it is
                       made longer as for stall. Non-stream: like truncate.
+    context_overflow  A 400 "prompt too long", stream or not: anthropic, vertex {"type": "error",
+                      "error": {"type": "invalid_request_error", "message": "prompt is too long:
+                      215000 tokens > 200000 maximum"}}; bedrock a ValidationException "Input is too
+                      long for requested model."; openai, azure {"error": {"message": "This model's
+                      maximum context length is 128000 tokens. However, your messages resulted in
+                      215000 tokens. Please reduce the length of the messages.", "type":
+                      "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}.
 
-The answer is always "Hello from <name>" (pieces "Hello", " from", " <name>"), 12 input / 5 output
-tokens; a request declaring tools whose last turn is a plain user message gets a call to the first
-declared tool (or the one tool_choice names) with input {"location": "Paris"}; a last turn carrying a
-tool result gets "Tool said: <result>".
+The answer (the answer setting: text, continuation, reject_prefill, max_prompt_chars):
+    By default (text null) the answer is "Hello from <name>" (pieces "Hello", " from", " <name>"), 12
+    input / 5 output tokens; a request declaring tools whose last turn is a plain user message gets a
+    call to the first declared tool (or the one tool_choice names) with input {"location": "Paris"};
+    a last turn carrying a tool result gets "Tool said: <result>". Those two keep 5 output tokens.
+    text             The plain answer instead of the hello, cut at word boundaries: each piece a word
+                     with the whitespace before it ("The quick brown" -> "The", " quick", " brown"),
+                     one content delta per piece in a stream; output tokens = the number of pieces in
+                     the answer (usage, message_delta, the usage chunk, bedrock's metrics and token
+                     headers), 12 input tokens. stall, truncate_after and stream_error lengthen it
+                     with LONG_FILLER pieces only when it has too few.
+    Continuation requests (only when text is set; recorded as "continuation" in /_control/requests):
+      prefill        The last message is the assistant's with only text (Anthropic-shaped: a string
+                     or text blocks; OpenAI: a string or text parts, no tool_calls). P = its text
+                     without trailing whitespace; the answer is the rest of text after P (the whole
+                     text when text does not start with P).
+      instruction    The last message is a user turn (not a tool result) whose text contains a
+                     prefix of text of at least 5 characters; P = the longest such prefix; the
+                     answer is the rest of text after P.
+      The rest is cut at word boundaries the same way (its first piece may begin with a space; an
+      empty rest is an answer without content deltas, 0 output tokens). A continuation request is
+      answered with text even when it declares tools.
+    continuation     "exact" (default): a continuation request gets the rest; "start_over": it gets
+                     the whole text from the beginning (a model that restarts its answer).
+    reject_prefill   false (default). true: on anthropic, vertex and bedrock, any conversation ending
+                     with an assistant message (text set or not) gets what Claude Opus 4.6 answers,
+                     400 invalid_request_error (bedrock: ValidationException) "This model does not
+                     support assistant message prefill. The conversation must end with a user
+                     message."; openai and azure ignore it.
+    max_prompt_chars null (default). An integer: a request whose prompt text (system prompt plus
+                     every message's text, tool results included) is longer gets context_overflow's
+                     400, whatever the fault mode.
 
 References (shapes and errors):
     https://docs.anthropic.com/en/api/messages
@@ -171,6 +226,7 @@ VALID_MODES = (
     "error_first",
     "html_error",
     "truncate_after",
+    "context_overflow",
 )
 
 # Numeric fault params: name -> (default, allow_null)
@@ -230,6 +286,22 @@ CLIENT_ERRORS = {
 
 INPUT_TOKENS = 12
 OUTPUT_TOKENS = 5
+
+# The answer setting (POST /_control/answer, or the server options of the same names; `text` is the
+# option `answer_text`): field -> default.
+ANSWER_DEFAULTS = {"text": None, "continuation": "exact", "reject_prefill": False, "max_prompt_chars": None}
+CONTINUATIONS = ("exact", "start_over")
+# An instruction turn quotes at least this much of the configured text's start.
+MIN_QUOTED_PREFIX = 5
+
+# What Claude Opus 4.6 answers to a conversation ending with an assistant message.
+PREFILL_UNSUPPORTED = ("This model does not support assistant message prefill. The conversation must end with "
+                       "a user message.")
+# Context overflow, in each host's words.
+ANTHROPIC_TOO_LONG = "prompt is too long: 215000 tokens > 200000 maximum"
+BEDROCK_TOO_LONG = "Input is too long for requested model."
+OPENAI_TOO_LONG = ("This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                   "215000 tokens. Please reduce the length of the messages.")
 
 TOOL_INPUT = {"location": "Paris"}
 
@@ -392,6 +464,39 @@ def validate_fault(data) -> dict:
     return out
 
 
+def validate_answer(data, base: dict | None = None) -> dict:
+    """Validate an answer setting (all fields optional) merged onto `base` (default: the defaults);
+    returns the full setting or raises ValueError."""
+    if not isinstance(data, dict):
+        raise ValueError("answer must be a JSON object")
+    unknown = sorted(set(data) - set(ANSWER_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r}; valid: {', '.join(ANSWER_DEFAULTS)}")
+    out = {**ANSWER_DEFAULTS, **(base or {}), **data}
+    text = out["text"]
+    if text is not None and (not isinstance(text, str) or not text.strip()):
+        raise ValueError("'text' must be null or a string with at least one non-whitespace character")
+    if out["continuation"] not in CONTINUATIONS:
+        raise ValueError(f"invalid continuation {out['continuation']!r}; valid: {', '.join(CONTINUATIONS)}")
+    if not isinstance(out["reject_prefill"], bool):
+        raise ValueError("'reject_prefill' must be a boolean")
+    mpc = out["max_prompt_chars"]
+    if mpc is not None and (isinstance(mpc, bool) or not isinstance(mpc, int) or mpc < 0):
+        raise ValueError("'max_prompt_chars' must be null or a non-negative integer")
+    return out
+
+
+# Options every API takes besides its own (see the module docstring); the answer setting's defaults.
+_ANSWER_OPTIONS = {"answer_text": None, "continuation": "exact", "reject_prefill": False, "max_prompt_chars": None}
+
+
+def answer_from_options(options: dict) -> dict:
+    """The answer setting the server options give (the one POST /_control/reset restores)."""
+    return validate_answer({"text": options["answer_text"], "continuation": options["continuation"],
+                            "reject_prefill": options["reject_prefill"],
+                            "max_prompt_chars": options["max_prompt_chars"]})
+
+
 _DEFAULT_OPTIONS = {
     "anthropic": {},
     "vertex": {"project": "demo-project", "region": "us-east5", "models": None},
@@ -404,7 +509,7 @@ _DEFAULT_OPTIONS = {
 def normalize_options(api: str, options: dict) -> dict:
     if api not in APIS:
         raise ValueError(f"invalid api {api!r}; valid: {', '.join(APIS)}")
-    out = {"strict": True, "keys": None, **_DEFAULT_OPTIONS[api]}
+    out = {"strict": True, "keys": None, **_ANSWER_OPTIONS, **_DEFAULT_OPTIONS[api]}
     for key, val in options.items():
         if key not in out:
             raise TypeError(f"unknown option {key!r} for api {api!r}; valid: {', '.join(out)}")
@@ -415,6 +520,7 @@ def normalize_options(api: str, options: dict) -> dict:
         raise ValueError(f"invalid frame_split {out['frame_split']!r}; valid: {', '.join(FRAME_SPLITS)}")
     if api == "azure" and not isinstance(out["deployments"], dict):
         raise ValueError("'deployments' must be a dict deployment -> model name")
+    answer_from_options(out)  # raises ValueError
     return out
 
 
@@ -485,10 +591,15 @@ class Plan:
     tool_name: str = ""
     tool_id: str = ""
     args_pieces: list = field(default_factory=list)
+    output_tokens: int | None = None  # None: OUTPUT_TOKENS
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    @property
+    def tokens(self) -> int:
+        return OUTPUT_TOKENS if self.output_tokens is None else self.output_tokens
 
     @property
     def args(self) -> str:
@@ -508,8 +619,104 @@ def _text_of(content) -> str:
     return ""
 
 
-def anthropic_plan(body: dict, name: str) -> Plan:
-    hello = Plan("text", ["Hello", " from", " " + name])
+def split_words(text: str) -> list[str]:
+    """`text` cut at word boundaries, each piece a word with the whitespace before it ("The quick
+    brown" -> "The", " quick", " brown"); trailing whitespace stays with the last piece, so the
+    pieces always join to `text` ("" has no pieces)."""
+    pieces = re.findall(r"\s*\S+", text)
+    tail = text[sum(map(len, pieces)):]
+    if tail:
+        if pieces:
+            pieces[-1] += tail
+        else:
+            pieces = [tail]
+    return pieces
+
+
+def text_plan(text: str) -> Plan:
+    """A configured answer text (or what remains of it): one piece per word, one output token each."""
+    pieces = split_words(text)
+    return Plan("text", pieces, output_tokens=len(pieces))
+
+
+def _turn_text(content) -> str | None:
+    """The text of a content that is only text: a string, or a list of text blocks/parts; else None."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(
+            isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str) for b in content):
+        return "".join(b["text"] for b in content)
+    return None
+
+
+def longest_prefix_in(text: str, haystack: str) -> int:
+    """The length of the longest prefix of `text` that occurs in `haystack` (every shorter prefix of
+    a prefix that occurs also occurs, so a binary search finds it)."""
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if text[:mid] in haystack:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def continuation_of(body, text: str | None) -> tuple[str | None, str]:
+    """How a request continues a partial answer of the configured `text`: ("prefill", P) when the
+    last message is the assistant's (only text; P is its text without trailing whitespace, or "" when
+    `text` does not start with it), ("instruction", P) when the last message is a user turn (not a
+    tool result) quoting a prefix of `text` of at least MIN_QUOTED_PREFIX characters (P the longest
+    one), else (None, "")."""
+    msgs = body.get("messages") if isinstance(body, dict) else None
+    if not text or not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict):
+        return None, ""
+    last = msgs[-1]
+    role, content = last.get("role"), last.get("content")
+    if role == "assistant":
+        said = None if last.get("tool_calls") else _turn_text(content)
+        if said is None:
+            return None, ""
+        said = said.rstrip()
+        return "prefill", said if text.startswith(said) else ""
+    if role == "user":
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return None, ""
+        n = longest_prefix_in(text, _text_of(content))
+        if n >= MIN_QUOTED_PREFIX:
+            return "instruction", text[:n]
+    return None, ""
+
+
+def _chars(content) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(_chars(b) for b in content)
+    if isinstance(content, dict):
+        if isinstance(content.get("text"), str):
+            return len(content["text"])
+        if content.get("type") == "tool_result":
+            return _chars(content.get("content"))
+    return 0
+
+
+def prompt_chars(body) -> int:
+    """The text length of a request's prompt: the system prompt and every message's text (strings,
+    text blocks/parts, tool results)."""
+    if not isinstance(body, dict):
+        return 0
+    msgs = body.get("messages")
+    total = _chars(body.get("system"))
+    for m in msgs if isinstance(msgs, list) else ():
+        if isinstance(m, dict):
+            total += _chars(m.get("content"))
+    return total
+
+
+def anthropic_plan(body: dict, name: str, normal: Plan | None = None) -> Plan:
+    """The answer to an Anthropic-shaped request; `normal`: the plain answer (default the hello)."""
+    hello = normal or Plan("text", ["Hello", " from", " " + name])
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict):
         return hello
@@ -532,8 +739,9 @@ def anthropic_plan(body: dict, name: str) -> Plan:
     return Plan("tool", tool_name=tname, tool_id="toolu_" + _hex(24), args_pieces=_tool_args_pieces())
 
 
-def openai_plan(body: dict, name: str) -> Plan:
-    hello = Plan("text", ["Hello", " from", " " + name])
+def openai_plan(body: dict, name: str, normal: Plan | None = None) -> Plan:
+    """The answer to a Chat Completions request; `normal`: the plain answer (default the hello)."""
+    hello = normal or Plan("text", ["Hello", " from", " " + name])
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict):
         return hello
@@ -570,7 +778,7 @@ def anthropic_message(model, plan: Plan, id_prefix: str = "msg_") -> dict:
         "content": content,
         "stop_reason": stop,
         "stop_sequence": None,
-        "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS},
+        "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": plan.tokens},
     }
 
 
@@ -597,7 +805,8 @@ def anthropic_events(model, plan: Plan, id_prefix: str = "msg_", partial: bool =
         stop = "end_turn"
     events = [start, ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})]
     if partial:
-        return events + [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": deltas[0]})]
+        return events + [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+                         for d in deltas[:1]]
     events.append(("ping", {"type": "ping"}))
     events += [("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
     events += [
@@ -605,7 +814,7 @@ def anthropic_events(model, plan: Plan, id_prefix: str = "msg_", partial: bool =
         (
             "message_delta",
             {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-             "usage": {"output_tokens": OUTPUT_TOKENS}},
+             "usage": {"output_tokens": plan.tokens}},
         ),
         ("message_stop", {"type": "message_stop"}),
     ]
@@ -636,8 +845,8 @@ def openai_completion(model, plan: Plan, azure: bool = False) -> dict:
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": {"prompt_tokens": INPUT_TOKENS, "completion_tokens": OUTPUT_TOKENS,
-                  "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS},
+        "usage": {"prompt_tokens": INPUT_TOKENS, "completion_tokens": plan.tokens,
+                  "total_tokens": INPUT_TOKENS + plan.tokens},
         "system_fingerprint": "fp_" + _hex(10),
     }
     if azure:
@@ -668,12 +877,12 @@ def openai_chunks(model, plan: Plan, include_usage: bool = False, partial: bool 
         body = [chunk({"content": p}) for p in plan.pieces]
         finish = "stop"
     if partial:
-        return [first, body[0]]
+        return [first] + body[:1]
     out = [first] + body + [chunk({}, finish)]
     if include_usage:
         last = chunk(None, choices=False)
-        last["usage"] = {"prompt_tokens": INPUT_TOKENS, "completion_tokens": OUTPUT_TOKENS,
-                         "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS}
+        last["usage"] = {"prompt_tokens": INPUT_TOKENS, "completion_tokens": plan.tokens,
+                         "total_tokens": INPUT_TOKENS + plan.tokens}
         out.append(last)
     return out
 
@@ -908,6 +1117,8 @@ class MockProviderServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.fault: dict = {"mode": "none"}
+        self.answer_defaults = answer_from_options(self.options)
+        self.answer: dict = dict(self.answer_defaults)
         self.requests: list[dict] = []
         self._conns: set[socket.socket] = set()
         super().__init__(server_address, MockProviderHandler)
@@ -929,6 +1140,17 @@ class MockProviderServer(ThreadingHTTPServer):
                     self.fault["count"] = count - 1
             return fault
 
+    def set_answer(self, data: dict) -> dict:
+        """Merge `data` (fields of POST /_control/answer) into the answer setting; returns the whole
+        setting. Raises ValueError (setting unchanged) when invalid."""
+        with self.lock:
+            self.answer = validate_answer(data, self.answer)
+            return dict(self.answer)
+
+    def answer_setting(self) -> dict:
+        with self.lock:
+            return dict(self.answer)
+
     def record(self, entry: dict) -> None:
         with self.lock:
             self.requests.append(entry)
@@ -937,6 +1159,7 @@ class MockProviderServer(ThreadingHTTPServer):
         with self.lock:
             self.requests.clear()
             self.fault = {"mode": "none"}
+            self.answer = dict(self.answer_defaults)
 
     def snapshot_requests(self) -> list:
         with self.lock:
@@ -982,6 +1205,9 @@ class Call:
     model: object = None
     stream: bool = False
     route: dict = field(default_factory=dict)
+    answer: dict = field(default_factory=lambda: dict(ANSWER_DEFAULTS))  # the setting when it came
+    continuation: str | None = None  # "prefill" | "instruction" | None (see continuation_of)
+    prefix: str = ""  # the part of the configured text the continuation request already has
 
 
 class MockProviderHandler(BaseHTTPRequestHandler):
@@ -1205,6 +1431,8 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             with self.server.lock:
                 fault = dict(self.server.fault)
             self.send_json(200, fault)
+        elif path == "/_control/answer":
+            self.send_json(200, self.server.answer_setting())
         elif path == "/v1/messages" and self.api == "anthropic":
             self.send_error_json(405, "invalid_request_error", "Method not allowed")
         else:
@@ -1228,6 +1456,14 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             self.server.set_fault(fault)
             self._log(f"fault set: {fault}")
             self.send_json(200, fault)
+        elif path == "/_control/answer":
+            try:
+                answer = self.server.set_answer(json.loads(raw or b"null"))
+            except (ValueError, json.JSONDecodeError) as e:
+                self.send_json(400, {"ok": False, "error": str(e)})
+                return
+            self._log(f"answer set: {answer}")
+            self.send_json(200, answer)
         elif path == "/_control/reset":
             self.server.reset_state()
             self.send_json(200, {"ok": True})
@@ -1253,9 +1489,19 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             return Reject(404, azure_error("404", "Resource not found"))
         return Reject(404, anthropic_error("not_found_error", f"Not found: {path}"))
 
+    def context_overflow(self) -> Reject:
+        """The 400 of a prompt longer than the model's context, in this API's shape."""
+        if self.api == "bedrock":
+            return bedrock_reject(400, "ValidationException", BEDROCK_TOO_LONG)
+        if self.api in ("openai", "azure"):
+            return Reject(400, openai_error(OPENAI_TOO_LONG, param="messages", code="context_length_exceeded"))
+        return Reject(400, anthropic_error("invalid_request_error", ANTHROPIC_TOO_LONG))
+
     def fault_reject(self, mode: str, fault: dict, call: Call) -> Reject | None:
         """The error answer of a status fault mode, in this API's shape (None: not a status mode)."""
         api = self.api
+        if mode == "context_overflow":
+            return self.context_overflow()
         retry = {}
         if mode == "429":
             ra = fault.get("retry_after", 2)
@@ -1562,6 +1808,8 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             call = self.resolve(path, query)
         except Reject as r:
             reject = r
+        call.answer = self.server.answer_setting()
+        call.continuation, call.prefix = continuation_of(body, call.answer["text"])
         if isinstance(body, dict):
             if self.api in ("anthropic", "openai"):
                 call.model = body.get("model")
@@ -1579,6 +1827,7 @@ class MockProviderHandler(BaseHTTPRequestHandler):
                 "model": call.model,
                 "stream": call.stream,
                 "body": body if isinstance(body, (dict, list)) else None,
+                "continuation": call.continuation,
                 "time": time.time(),
             }
         )
@@ -1590,6 +1839,7 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             if parse_error is not None:
                 raise self.bad_request(parse_error)
             self.validate(call, body)
+            self.check_answer_limits(call, body)
         except Reject as r:
             self._log(f"POST {path} -> {r.status} ({r.body})")
             self.send_reject(r)
@@ -1600,26 +1850,43 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         self._log(f"POST {path} api={self.api} model={call.model} stream={call.stream} mode={mode}")
         self.apply_fault(mode, fault, call, body)
 
+    def check_answer_limits(self, call: Call, body) -> None:
+        """The checks of the answer setting, after the body checks: reject_prefill (Anthropic-shaped
+        APIs: a conversation ending with an assistant message), max_prompt_chars. Raises Reject."""
+        msgs = body.get("messages")
+        if (call.answer["reject_prefill"] and self.api in ("anthropic", "vertex", "bedrock")
+                and isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict)
+                and msgs[-1].get("role") == "assistant"):
+            raise self.bad_request(PREFILL_UNSUPPORTED)
+        limit = call.answer["max_prompt_chars"]
+        if limit is not None and prompt_chars(body) > limit:
+            raise self.context_overflow()
+
     # ---- answers -----------------------------------------------------------
-    def plan(self, body) -> Plan:
+    def plan(self, call: Call, body) -> Plan:
+        text = call.answer["text"]
+        if text is not None and call.continuation:
+            return text_plan(text if call.answer["continuation"] == "start_over" else text[len(call.prefix):])
+        normal = text_plan(text) if text is not None else None
         if self.api in ("openai", "azure"):
-            return openai_plan(body, self.server.name)
-        return anthropic_plan(body, self.server.name)
+            return openai_plan(body, self.server.name, normal)
+        return anthropic_plan(body, self.server.name, normal)
 
     def _id_prefix(self) -> str:
         return {"vertex": "msg_vrtx_", "bedrock": "msg_bdrk_"}.get(self.api, "msg_")
 
     def full_json(self, call: Call, body) -> dict:
-        plan = self.plan(body)
+        plan = self.plan(call, body)
         if self.api in ("openai", "azure"):
             return openai_completion(call.model, plan, azure=self.api == "azure")
         return anthropic_message(call.model, plan, self._id_prefix())
 
     def _bedrock_events(self, call: Call, body, partial=False) -> list[dict]:
-        events = [data for _name, data in anthropic_events(call.model, self.plan(body), self._id_prefix(), partial)]
+        plan = self.plan(call, body)
+        events = [data for _name, data in anthropic_events(call.model, plan, self._id_prefix(), partial)]
         if not partial:
             events[-1]["amazon-bedrock-invocationMetrics"] = {
-                "inputTokenCount": INPUT_TOKENS, "outputTokenCount": OUTPUT_TOKENS,
+                "inputTokenCount": INPUT_TOKENS, "outputTokenCount": plan.tokens,
                 "invocationLatency": 321, "firstByteLatency": 123,
             }
         return events
@@ -1632,19 +1899,20 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         if self.api in ("openai", "azure"):
             so = body.get("stream_options") if isinstance(body, dict) else None
             usage = isinstance(so, dict) and so.get("include_usage") is True
-            chunks = [sse_data(c) for c in openai_chunks(call.model, self.plan(body), usage, partial)]
+            chunks = [sse_data(c) for c in openai_chunks(call.model, self.plan(call, body), usage, partial)]
             return chunks if partial else chunks + [b"data: [DONE]\n\n"]
         if self.api == "bedrock":
             frames = [bedrock_chunk_frame(e, i) for i, e in enumerate(self._bedrock_events(call, body, partial))]
             return split_frames(frames, self._frame_split(fault))
-        return [sse_event(n, d) for n, d in anthropic_events(call.model, self.plan(body), self._id_prefix(), partial)]
+        events = anthropic_events(call.model, self.plan(call, body), self._id_prefix(), partial)
+        return [sse_event(n, d) for n, d in events]
 
     def stream_units(self, call: Call, body, plan: Plan | None = None) -> tuple[list[bytes], int, int]:
         """The normal stream of an answer as units (one SSE event, OpenAI chunk or event-stream
         frame each, `data: [DONE]` included), how many units precede the first content delta (the
         preamble), and how many content deltas follow it. Same bytes as stream_chunks (before the
         Bedrock frames are mapped onto HTTP chunks, see units_to_chunks)."""
-        plan = plan or self.plan(body)
+        plan = plan or self.plan(call, body)
         if self.api in ("openai", "azure"):
             so = body.get("stream_options") if isinstance(body, dict) else None
             usage = isinstance(so, dict) and so.get("include_usage") is True
@@ -1652,12 +1920,13 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             deltas = len(plan.pieces) if plan.kind == "text" else 1 + len(plan.args_pieces)
             return units, 1, deltas
         events = anthropic_events(call.model, plan, self._id_prefix())
-        pre = [n for n, _ in events].index("content_block_delta")
-        deltas = sum(1 for n, _ in events if n == "content_block_delta")
+        names = [n for n, _ in events]
+        pre = names.index("content_block_delta" if "content_block_delta" in names else "content_block_stop")
+        deltas = names.count("content_block_delta")
         if self.api == "bedrock":
             datas = [d for _, d in events]
             datas[-1]["amazon-bedrock-invocationMetrics"] = {
-                "inputTokenCount": INPUT_TOKENS, "outputTokenCount": OUTPUT_TOKENS,
+                "inputTokenCount": INPUT_TOKENS, "outputTokenCount": plan.tokens,
                 "invocationLatency": 321, "firstByteLatency": 123,
             }
             return [bedrock_chunk_frame(e, i) for i, e in enumerate(datas)], pre, deltas
@@ -1669,20 +1938,21 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             return split_frames(units, self._frame_split(fault)) if units else []
         return list(units)
 
-    def plan_past(self, body, n: int, long_hello: bool) -> Plan:
+    def plan_past(self, call: Call, body, n: int, long_hello: bool) -> Plan:
         """The answer, with more than `n` content deltas (lengthened if needed; `long_hello`: the
-        plain hello answer always becomes LONG_HELLO)."""
-        plan = self.plan(body)
+        plain hello answer always becomes LONG_HELLO; a configured text only gets LONG_FILLER)."""
+        plan = self.plan(call, body)
         name = self.server.name
         if plan.kind == "text":
             pieces = list(plan.pieces)
-            if pieces == ["Hello", " from", " " + name] and (long_hello or len(pieces) <= n):
+            if (plan.output_tokens is None and pieces == ["Hello", " from", " " + name]
+                    and (long_hello or len(pieces) <= n)):
                 pieces = [p.format(name=name) for p in LONG_HELLO]
             i = 0
             while len(pieces) <= n:
                 pieces.append(LONG_FILLER[i % len(LONG_FILLER)])
                 i += 1
-            return Plan("text", pieces)
+            return Plan("text", pieces, output_tokens=None if plan.output_tokens is None else len(pieces))
         fixed = 1 if self.api in ("openai", "azure") else 0  # the tool_calls chunk naming the tool
         args = list(plan.args_pieces)
         if fixed + len(args) <= n:
@@ -1746,16 +2016,21 @@ class MockProviderHandler(BaseHTTPRequestHandler):
         else:
             self.close_connection = True
 
+    def bedrock_json_headers(self, doc: dict) -> dict | None:
+        """Bedrock's token-count headers of a JSON answer (None for the other APIs)."""
+        if self.api != "bedrock":
+            return None
+        return {
+            "x-amzn-bedrock-input-token-count": str(INPUT_TOKENS),
+            "x-amzn-bedrock-output-token-count": str(doc["usage"]["output_tokens"]),
+            "x-amzn-bedrock-invocation-latency": "321",
+        }
+
     def send_json_late(self, call: Call, body, wait_ms) -> None:
         """The normal JSON answer as one chunk of a chunked body; `wait_ms` before the terminator."""
-        data = json.dumps(self.full_json(call, body)).encode()
-        extra = None
-        if self.api == "bedrock":
-            extra = {
-                "x-amzn-bedrock-input-token-count": str(INPUT_TOKENS),
-                "x-amzn-bedrock-output-token-count": str(OUTPUT_TOKENS),
-                "x-amzn-bedrock-invocation-latency": "321",
-            }
+        doc = self.full_json(call, body)
+        data = json.dumps(doc).encode()
+        extra = self.bedrock_json_headers(doc)
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("transfer-encoding", "chunked")
@@ -1783,14 +2058,8 @@ class MockProviderHandler(BaseHTTPRequestHandler):
             extra = {"x-amzn-bedrock-content-type": "application/json"} if self.api == "bedrock" else None
             self.send_chunks(self.stream_chunks(call, body, fault), delay, extra_headers=extra)
             return
-        extra = None
-        if self.api == "bedrock":
-            extra = {
-                "x-amzn-bedrock-input-token-count": str(INPUT_TOKENS),
-                "x-amzn-bedrock-output-token-count": str(OUTPUT_TOKENS),
-                "x-amzn-bedrock-invocation-latency": "321",
-            }
-        self.send_json(200, self.full_json(call, body), extra)
+        doc = self.full_json(call, body)
+        self.send_json(200, doc, self.bedrock_json_headers(doc))
 
     def send_overload(self, fault: dict, call: Call) -> None:
         """The non-stream answer of stream_error / error_first: 529 (anthropic, vertex) or 503."""
@@ -1846,6 +2115,11 @@ class MockProviderHandler(BaseHTTPRequestHandler):
 
         elif mode in ("stream_error", "error_first") and not call.stream:
             self.send_overload(fault, call)
+
+        elif mode == "stream_error" and fault.get("after_deltas") is not None:
+            n = int(fault["after_deltas"])
+            units, pre, _ = self.stream_units(call, body, self.plan_past(call, body, n, long_hello=False))
+            self.send_stream(self.units_to_chunks([*units[:pre + n], self.stream_error_event(fault)], fault), fault)
 
         elif mode == "stream_error":
             if self.api == "bedrock":
@@ -1910,7 +2184,7 @@ class MockProviderHandler(BaseHTTPRequestHandler):
 
         elif mode == "stall":  # stream (non-stream: hang, above)
             n = int(fault_param(fault, "after_deltas"))
-            units, pre, _ = self.stream_units(call, body, self.plan_past(body, n, long_hello=True))
+            units, pre, _ = self.stream_units(call, body, self.plan_past(call, body, n, long_hello=True))
             self.send_stream([*self.units_to_chunks(units[:pre + n], fault), ("wait", fault_param(fault, "hang_ms"))],
                              fault, end=False)
 
@@ -1937,7 +2211,7 @@ class MockProviderHandler(BaseHTTPRequestHandler):
 
         elif mode == "truncate_after":  # stream (non-stream: above)
             n = int(fault_param(fault, "after_deltas"))
-            units, pre, _ = self.stream_units(call, body, self.plan_past(body, n, long_hello=False))
+            units, pre, _ = self.stream_units(call, body, self.plan_past(call, body, n, long_hello=False))
             self.send_stream(self.units_to_chunks(units[:pre + n], fault), fault)
 
         else:  # should not happen: validated on set

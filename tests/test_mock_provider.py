@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -1219,3 +1220,371 @@ def test_new_stream_modes_honor_frame_split_and_chunk_delay(mocks):
     set_fault(base, mode="late_end", delay_ms=0, chunk_delay_ms=40, count=1)
     _, chunks, total, err = timed_stream(base, path, body, "bedrock")
     assert err is None and chunks[-1][0] - chunks[0][0] >= 0.04 * (len(chunks) - 1) * 0.8
+
+
+# ---- the answer setting: a configured text, continuation requests, context overflow ----------
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+TEXT_PIECES = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog."]
+ANTH_PREFILL_ERROR = {"type": "error", "error": {
+    "type": "invalid_request_error",
+    "message": "This model does not support assistant message prefill. The conversation must end with a user message."}}
+ANTH_OVERFLOW = {"type": "error", "error": {"type": "invalid_request_error",
+                                            "message": "prompt is too long: 215000 tokens > 200000 maximum"}}
+OAI_OVERFLOW = {"error": {"message": "This model's maximum context length is 128000 tokens. However, your messages "
+                                     "resulted in 215000 tokens. Please reduce the length of the messages.",
+                          "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+ANSWER_DEFAULTS = {"text": None, "continuation": "exact", "reject_prefill": False, "max_prompt_chars": None}
+
+
+def set_answer(base, **fields):
+    r = requests.post(f"{base}/_control/answer", json=fields, timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def get_answer(base):
+    return requests.get(f"{base}/_control/answer", timeout=5).json()
+
+
+def with_messages(api, msgs, stream=False, **extra):
+    """(path, body) of a valid request to the `api` mock with these messages (a stream asks the
+    OpenAI-shaped APIs for the usage chunk)."""
+    path, body = request_for(api, stream=stream)
+    if stream and api in OAI:
+        extra = {"stream_options": {"include_usage": True}, **extra}
+    return path, {**body, "messages": msgs, **extra}
+
+
+def json_answer(api, doc):
+    """(text, output tokens) of a JSON answer."""
+    if api in OAI:
+        assert doc["usage"]["total_tokens"] == 12 + doc["usage"]["completion_tokens"]
+        return doc["choices"][0]["message"]["content"], doc["usage"]["completion_tokens"]
+    assert doc["usage"]["input_tokens"] == 12
+    return doc["content"][0]["text"], doc["usage"]["output_tokens"]
+
+
+def stream_answer(base, path, body, api):
+    """(content delta pieces, output tokens) of a complete streamed answer."""
+    r, chunks, _, err = timed_stream(base, path, body, api)
+    assert r.status_code == 200 and err is None
+    items, rest = stream_items(api, chunks)
+    assert rest == b"" and is_terminal(api, *items[-1][1:])
+    pieces = [delta_piece(api, o) for _, n, o in items if is_delta(api, n, o)]
+    if api in OAI:
+        (usage,) = [o["usage"] for _, n, o in items if n == "chunk" and o.get("usage")]
+        assert usage["prompt_tokens"] == 12 and usage["total_tokens"] == 12 + usage["completion_tokens"]
+        return pieces, usage["completion_tokens"]
+    (delta,) = [o for _, n, o in items if n == "message_delta"]
+    tokens = delta["usage"]["output_tokens"]
+    if api == "bedrock":
+        metrics = items[-1][2]["amazon-bedrock-invocationMetrics"]
+        assert metrics["inputTokenCount"] == 12 and metrics["outputTokenCount"] == tokens
+    return pieces, tokens
+
+
+def ask(api, base, msgs, stream=False, **extra):
+    """The answer to these messages: (pieces or text, output tokens, continuation recorded)."""
+    path, body = with_messages(api, msgs, stream, **extra)
+    if stream:
+        got = stream_answer(base, path, body, api)
+    else:
+        r = post(base, path, body, api)
+        assert r.status_code == 200, r.text
+        got = json_answer(api, r.json())
+        if api == "bedrock":
+            assert r.headers["x-amzn-bedrock-output-token-count"] == str(got[1])
+    return (*got, recorded(base)[-1]["continuation"])
+
+
+def prefill(said, blocks=False):
+    content = [{"type": "text", "text": said}] if blocks else said
+    return [{"role": "user", "content": "Tell me about the fox."}, {"role": "assistant", "content": content}]
+
+
+def instruction(quoted):
+    return [{"role": "user", "content": "Tell me about the fox."},
+            {"role": "user", "content": f"Your answer was cut off. You had written: <<{quoted}>>. Continue it."}]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_answer_text(mocks, api):
+    _, base = mocks(api)
+    assert get_answer(base) == ANSWER_DEFAULTS
+    assert set_answer(base, text=TEXT) == {**ANSWER_DEFAULTS, "text": TEXT}
+    assert ask(api, base, MSGS) == (TEXT, 9, None)
+    assert ask(api, base, MSGS, stream=True) == (TEXT_PIECES, 9, None)
+    # Tool answers stay as they were.
+    path, body = request_for(api)
+    doc = post(base, path, tools_body(api, body), api).json()
+    if api in OAI:
+        assert doc["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+        assert doc["usage"]["completion_tokens"] == 5
+    else:
+        assert doc["content"][0]["type"] == "tool_use" and doc["usage"]["output_tokens"] == 5
+    # A server option gives the same; reset goes back to the server's options.
+    _, opt = mocks(api, name="opt", answer_text="Just  two words ")
+    assert ask(api, opt, MSGS, stream=True) == (["Just", "  two", " words "], 3, None)
+    set_answer(opt, text="Other")
+    requests.post(f"{opt}/_control/reset", timeout=5)
+    assert get_answer(opt)["text"] == "Just  two words "
+    requests.post(f"{base}/_control/reset", timeout=5)
+    assert get_answer(base) == ANSWER_DEFAULTS
+    assert ask(api, base, MSGS) == ("Hello from primary", 5, None)
+
+
+def test_answer_control_is_validated(mocks):
+    server, base = mocks("anthropic")
+    assert set_answer(base, text=TEXT, max_prompt_chars=100) == {**ANSWER_DEFAULTS, "text": TEXT, "max_prompt_chars": 100}
+    # Fields not given keep their value.
+    assert set_answer(base, continuation="start_over") == {**ANSWER_DEFAULTS, "text": TEXT, "max_prompt_chars": 100,
+                                                           "continuation": "start_over"}
+    before = get_answer(base)
+    for bad in ({"text": 5}, {"text": ""}, {"text": " \n"}, {"continuation": "resume"}, {"reject_prefill": "yes"},
+                {"reject_prefill": None}, {"max_prompt_chars": -1}, {"max_prompt_chars": 1.5},
+                {"max_prompt_chars": True}, {"colour": "red"}, [], None):
+        r = requests.post(f"{base}/_control/answer", json=bad, timeout=5)
+        assert r.status_code == 400 and r.json()["ok"] is False and r.json()["error"], bad
+    assert get_answer(base) == before
+    assert set_answer(base, text=None, max_prompt_chars=None)["text"] is None
+    server.set_answer({"reject_prefill": True})
+    assert get_answer(base)["reject_prefill"] is True
+    with pytest.raises(ValueError):
+        server.set_answer({"continuation": 1})
+    requests.post(f"{base}/_control/reset", timeout=5)
+    assert get_answer(base) == ANSWER_DEFAULTS
+    # Server options.
+    _, opt = mocks("openai", name="opt", answer_text="A b", continuation="start_over", reject_prefill=True,
+                   max_prompt_chars=10)
+    want = {"text": "A b", "continuation": "start_over", "reject_prefill": True, "max_prompt_chars": 10}
+    assert get_answer(opt) == want
+    assert requests.get(f"{opt}/_control/info", timeout=5).json()["options"]["answer_text"] == "A b"
+    for bad in ({"answer_text": ""}, {"continuation": "again"}, {"reject_prefill": 1}, {"max_prompt_chars": "10"}):
+        with pytest.raises(ValueError):
+            make_server("x", **bad)
+
+
+def test_cli_answer_options():
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mock_provider.py")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, script, "--port", str(port), "--name", "cli", "--quiet",
+                             "--option", "answer_text=Answer from the CLI", "--option", "reject_prefill=true",
+                             "--option", "max_prompt_chars=40"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("mock provider cli listening")
+        base = f"http://127.0.0.1:{port}"
+        assert get_answer(base) == {**ANSWER_DEFAULTS, "text": "Answer from the CLI", "reject_prefill": True,
+                                    "max_prompt_chars": 40}
+        assert post(base, "/v1/messages", ANTH_BODY).json()["content"][0]["text"] == "Answer from the CLI"
+        assert post(base, "/v1/messages", {**ANTH_BODY, "messages": prefill("Answer")}).json() == ANTH_PREFILL_ERROR
+        assert post(base, "/v1/messages", {**ANTH_BODY, "system": "x" * 40}).json() == ANTH_OVERFLOW
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def words(text):
+    """A JSON answer's text cut at word boundaries, as the mock streams it."""
+    return re.findall(r"\s*\S+", text)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_continuation_requests(mocks, api):
+    _, base = mocks(api, answer_text=TEXT)
+    rest = [" fox", " jumps", " over", " the", " lazy", " dog."]
+    for stream in (False, True):
+        def got(msgs, **extra):
+            pieces, tokens, cont = ask(api, base, msgs, stream, **extra)
+            return pieces if stream else words(pieces), tokens, cont
+
+        # Prefill: the rest after the assistant's text (its trailing whitespace ignored).
+        assert got(prefill("The quick brown")) == (rest, 6, "prefill")
+        assert got(prefill("The quick brown ", blocks=True)) == (rest, 6, "prefill")
+        # A prefill that is not the start of the text: the whole text.
+        assert got(prefill("Foxes are")) == (TEXT_PIECES, 9, "prefill")
+        # The whole text prefilled: nothing left.
+        assert got(prefill(TEXT)) == ([], 0, "prefill")
+        # Instruction turn: the rest after the longest quoted prefix, even mid-word.
+        assert got(instruction("The quick brown fo")) == (["x", *rest[1:]], 6, "instruction")
+        assert got(instruction("The q")) == (["uick", " brown", *rest], 8, "instruction")
+        assert got(instruction(TEXT)) == ([], 0, "instruction")
+        # Less than 5 characters of the start quoted: a plain request.
+        assert got(instruction("The ")) == (TEXT_PIECES, 9, None)
+        assert got(MSGS) == (TEXT_PIECES, 9, None)
+        # A continuation declaring tools still continues the text.
+        assert got(instruction("The quick brown"), tools=OA_TOOLS if api in OAI else ANTH_TOOLS) == \
+            (rest, 6, "instruction")
+    # start_over: a continuation request gets the whole text again (and is still recorded as one).
+    set_answer(base, continuation="start_over")
+    for stream in (False, True):
+        for msgs, kind in ((prefill("The quick brown"), "prefill"), (instruction("The quick brown fo"), "instruction")):
+            pieces, tokens, cont = ask(api, base, msgs, stream)
+            assert (pieces if stream else words(pieces), tokens, cont) == (TEXT_PIECES, 9, kind)
+    # Without a configured text nothing is a continuation.
+    set_answer(base, text=None, continuation="exact")
+    assert ask(api, base, prefill("The quick brown")) == ("Hello from primary", 5, None)
+    assert ask(api, base, instruction("The quick brown")) == ("Hello from primary", 5, None)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_reject_prefill(mocks, api):
+    _, base = mocks(api, answer_text=TEXT, reject_prefill=True)
+    if api not in OAI:
+        set_fault(base, mode="500", count=1)
+    for stream in (False, True):
+        path, body = with_messages(api, prefill("The quick brown"), stream)
+        r = post(base, path, body, api)
+        assert recorded(base)[-1]["continuation"] == "prefill"
+        if api in OAI:  # not an Anthropic model: the prefill is continued
+            assert r.status_code == 200 and " fox" in r.text
+            continue
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+        if api == "bedrock":
+            assert r.headers["x-amzn-ErrorType"].split(":")[0] == "ValidationException"
+            assert r.json() == {"message": ANTH_PREFILL_ERROR["error"]["message"]}
+        else:
+            assert r.json() == ANTH_PREFILL_ERROR
+    if api not in OAI:
+        # A rejected request uses no fault `count`; the fault then applies to the next one.
+        assert post(base, *with_messages(api, MSGS), api).status_code == 500
+        # Any conversation ending with an assistant turn is refused, with or without a text.
+        set_answer(base, text=None)
+        assert post(base, *with_messages(api, prefill("Hi")), api).status_code == 400
+        assert recorded(base)[-1]["continuation"] is None
+        set_answer(base, reject_prefill=False)
+        assert post(base, *with_messages(api, prefill("Hi")), api).status_code == 200
+    # An instruction turn is never refused.
+    set_answer(base, text=TEXT, reject_prefill=True)
+    assert ask(api, base, instruction("The quick brown"))[1:] == (6, "instruction")
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_stream_error_after_deltas(mocks, api):
+    _, base = mocks(api)
+    path, body = request_for(api, stream=True)
+    error_name = "exception:throttlingException" if api == "bedrock" else "error"
+    pre_names = ["chunk"] if api in OAI else ["message_start", "content_block_start", "ping"]
+    cases = ((2, ["Hello", " from"]), (0, []), (3, ["Hello", " from", " primary"]),
+             (5, ["Hello", " from", " primary", ",", " streaming"]))
+    for n, want in cases:
+        set_fault(base, mode="stream_error", after_deltas=n, count=1)
+        r, chunks, _, err = timed_stream(base, path, body, api)
+        assert r.status_code == 200 and err is None and fault_reverted(base), n  # a clean end
+        items, rest = stream_items(api, chunks)
+        assert rest == b""
+        names = [name for _, name, _ in items]
+        assert names[:len(pre_names)] == pre_names and names[-1] == error_name
+        assert [delta_piece(api, o) for _, nm, o in items if is_delta(api, nm, o)] == want
+        assert len(items) == len(pre_names) + len(want) + 1 and not any(is_terminal(api, nm, o) for _, nm, o in items)
+    # A configured text is cut where asked, lengthened only when too short.
+    set_answer(base, text=TEXT)
+    for n, want in ((4, TEXT_PIECES[:4]), (9, TEXT_PIECES), (10, TEXT_PIECES + [" Still"])):
+        set_fault(base, mode="stream_error", after_deltas=n, count=1)
+        items, _ = stream_items(api, timed_stream(base, path, body, api)[1])
+        assert [delta_piece(api, o) for _, nm, o in items if is_delta(api, nm, o)] == want and items[-1][1] == error_name
+    # Without after_deltas: as before (the start and one delta, then the error).
+    set_fault(base, mode="stream_error", count=1)
+    items, _ = stream_items(api, timed_stream(base, path, body, api)[1])
+    start = ["chunk"] if api in OAI else ["message_start", "content_block_start"]
+    assert [nm for _, nm, _ in items] == [*start, "content_block_delta" if api not in OAI else "chunk", error_name]
+    assert delta_piece(api, items[-2][2]) == "The"
+    if api == "bedrock":
+        set_fault(base, mode="stream_error", after_deltas=1, exception="modelStreamErrorException", frame_split="tiny",
+                  count=1)
+        _, chunks, _, err = timed_stream(base, path, body, api)
+        items, rest = stream_items(api, chunks)
+        assert err is None and rest == b"" and max(len(c) for _, c in chunks) == 5
+        assert items[-1][1] == "exception:modelStreamErrorException" and items[-1][2]["originalStatusCode"] == 500
+
+
+def test_stream_error_after_deltas_sdks(mocks):
+    _, base = mocks("anthropic", answer_text=TEXT)
+    set_fault(base, mode="stream_error", after_deltas=3, count=1)
+    seen = []
+    with pytest.raises(anthropic.APIStatusError):
+        with client(base).messages.stream(model=MODEL, max_tokens=10, messages=MSGS) as s:
+            for t in s.text_stream:
+                seen.append(t)
+    assert seen == TEXT_PIECES[:3]
+    _, obase = mocks("openai", name="oa", answer_text=TEXT)
+    set_fault(obase, mode="stream_error", after_deltas=2, count=1)
+    seen = []
+    with pytest.raises(openai.APIError):
+        for ch in oa_client(obase).chat.completions.create(model="gpt-4o", messages=MSGS, stream=True):
+            seen.append(ch.choices[0].delta.content)
+    assert seen == ["", "The", " quick"]
+
+
+def test_continuation_sdks(mocks):
+    _, base = mocks("anthropic", answer_text=TEXT)
+    with client(base).messages.stream(model=MODEL, max_tokens=10, messages=prefill("The quick brown ")) as s:
+        assert "".join(s.text_stream) == " fox jumps over the lazy dog."
+        assert s.get_final_message().usage.output_tokens == 6
+    _, obase = mocks("openai", name="oa", answer_text=TEXT)
+    chunks = list(oa_client(obase).chat.completions.create(model="gpt-4o", messages=instruction("The quick"),
+                                                           stream=True, stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == " brown fox jumps over the lazy dog."
+    assert chunks[-1].usage.completion_tokens == 7
+
+
+def overflow_check(api, r):
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+    if api == "bedrock":
+        assert r.headers["x-amzn-ErrorType"].split(":")[0] == "ValidationException"
+        assert r.json() == {"message": "Input is too long for requested model."}
+    else:
+        assert r.json() == (OAI_OVERFLOW if api in OAI else ANTH_OVERFLOW)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_context_overflow(mocks, api):
+    _, base = mocks(api)
+    for stream in (False, True):
+        set_fault(base, mode="context_overflow", count=1)
+        overflow_check(api, post(base, *request_for(api, stream), api))
+        assert fault_reverted(base)
+    assert post(base, *request_for(api), api).status_code == 200
+    # max_prompt_chars: a small-context and a large-context provider.
+    _, small = mocks(api, name="small", max_prompt_chars=50)
+    long_msgs = [{"role": "user", "content": "x" * 30}, {"role": "assistant", "content": [{"type": "text", "text": "y" * 10}]},
+                 {"role": "user", "content": [{"type": "text", "text": "z" * 11}]}]  # 51 characters
+    for stream in (False, True):
+        overflow_check(api, post(small, *with_messages(api, long_msgs, stream), api))
+        assert post(base, *with_messages(api, long_msgs, stream), api).status_code == 200
+    fits = [{"role": "user", "content": "x" * 50}]
+    assert post(small, *with_messages(api, fits), api).status_code == 200
+    # The system prompt counts too.
+    if api in OAI:
+        sys_msgs = [{"role": "system", "content": "s" * 49}, {"role": "user", "content": "hi"}]
+        overflow_check(api, post(small, *with_messages(api, sys_msgs), api))
+    else:
+        overflow_check(api, post(small, *with_messages(api, MSGS, system="s" * 49), api))
+        assert post(small, *with_messages(api, MSGS, system=[{"type": "text", "text": "s" * 48}]), api).status_code == 200
+    # Whatever the fault mode, and without using its count.
+    set_fault(small, mode="529", count=1)
+    overflow_check(api, post(small, *with_messages(api, long_msgs), api))
+    assert post(small, *with_messages(api, fits), api).status_code in (503, 529)
+    # Set at run time, cleared by reset (back to the server's option).
+    set_answer(base, max_prompt_chars=1)
+    overflow_check(api, post(base, *request_for(api), api))
+    requests.post(f"{base}/_control/reset", timeout=5)
+    assert post(base, *request_for(api), api).status_code == 200
+    set_answer(small, max_prompt_chars=None)
+    assert post(small, *with_messages(api, long_msgs), api).status_code == 200
+    requests.post(f"{small}/_control/reset", timeout=5)
+    assert get_answer(small)["max_prompt_chars"] == 50
+
+
+def test_context_overflow_sdks(mocks):
+    _, base = mocks("anthropic")
+    set_fault(base, mode="context_overflow", count=1)
+    with pytest.raises(anthropic.BadRequestError) as ei:
+        client(base).messages.create(model=MODEL, max_tokens=10, messages=MSGS)
+    assert ei.value.body == ANTH_OVERFLOW
+    _, obase = mocks("openai", name="oa", max_prompt_chars=1)
+    with pytest.raises(openai.BadRequestError) as ei:
+        oa_client(obase).chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert ei.value.code == "context_length_exceeded"

@@ -56,6 +56,8 @@ pub struct AttemptSetup {
     pub stall_ms: Option<u64>,
     /// `x-llm-attempts` on the answer.
     pub announce_attempts: bool,
+    /// Keep up to this many bytes of a stream for a continuation (None: no continuation).
+    pub keep_for_continuation: Option<usize>,
     pub start_ms: u64,
     /// Seeds ids and timestamps of translated answers.
     pub created_s: u64,
@@ -176,6 +178,8 @@ enum Phase {
     Streaming,
     /// Reset for a stall.
     Stalled,
+    /// Broke after its first content, kept for a continuation: nothing more reaches the client.
+    Cut,
     Done,
 }
 
@@ -198,6 +202,20 @@ pub struct Attempt {
     pub first_byte_ms: Option<u64>,
     pub first_content_ms: Option<u64>,
     last_activity_ms: u64,
+    /// The break of a kept stream, until the host takes it.
+    cut: Option<StreamCut>,
+}
+
+/// A stream that broke after its first content, kept for a continuation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCut {
+    /// The client-format bytes the client got (None: more than the limit).
+    pub sent: Option<Vec<u8>>,
+    /// The error event the client would have got at the break.
+    pub tail: Vec<u8>,
+    pub provider: usize,
+    pub position: usize,
+    pub include_usage: bool,
 }
 
 /// What an attempt did, once it is over.
@@ -237,7 +255,35 @@ impl Attempt {
             first_byte_ms: None,
             first_content_ms: None,
             last_activity_ms: start,
+            cut: None,
         }
+    }
+
+    /// The break of a kept stream (once): the host hands it to the exchange.
+    pub fn take_cut(&mut self) -> Option<StreamCut> {
+        self.cut.take()
+    }
+
+    /// After a feed: did the kept stream just break?
+    fn check_cut(&mut self) {
+        if self.phase == Phase::Cut {
+            return;
+        }
+        let Some(p) = self.pipeline.as_ref() else { return };
+        let Some((sent, tail)) = p.cut() else { return };
+        let outcome = match p.verdict() {
+            StreamVerdict::Complete => Outcome::StreamTruncated,
+            v => stream_outcome(v),
+        };
+        self.cut = Some(StreamCut {
+            sent: sent.map(<[u8]>::to_vec),
+            tail: tail.to_vec(),
+            provider: self.setup.provider,
+            position: self.setup.position,
+            include_usage: self.setup.include_usage,
+        });
+        self.outcome = Some(outcome);
+        self.phase = Phase::Cut;
     }
 
     /// The headers that name who answered.
@@ -310,6 +356,10 @@ impl Attempt {
             if event_stream {
                 edits.push(("content-type".to_string(), Some("text/event-stream; charset=utf-8".to_string())));
             }
+            let mut p = p;
+            if let Some(limit) = self.setup.keep_for_continuation {
+                p.keep_for_continuation(limit);
+            }
             self.pipeline = Some(p);
             if self.setup.hold {
                 self.phase = Phase::HoldingStream;
@@ -378,6 +428,8 @@ impl Attempt {
         }
         match self.phase {
             Phase::AwaitHeaders | Phase::Failed | Phase::PassingBlind | Phase::Stalled | Phase::Done => pass,
+            // Nothing after a break reaches the client.
+            Phase::Cut => BodyStep::Continue { headers: HeaderEdits::new(), body: Some(Vec::new()) },
             Phase::AwaitingTimeout => BodyStep::Hold,
             Phase::PassingJson => {
                 if let Some(u) = self.usage.as_mut() {
@@ -437,6 +489,7 @@ impl Attempt {
                     if end {
                         self.outcome = Some(stream_outcome(p.verdict()));
                     }
+                    self.check_cut();
                     let headers = std::mem::take(&mut self.pending);
                     return BodyStep::Continue { headers, body: Some(std::mem::take(&mut self.held_out)) };
                 }
@@ -451,6 +504,7 @@ impl Attempt {
                 if end {
                     self.outcome = Some(stream_outcome(p.verdict()));
                 }
+                self.check_cut();
                 BodyStep::Continue { headers: HeaderEdits::new(), body }
             }
         }
@@ -512,6 +566,7 @@ impl Attempt {
         let client_gone = response_flags & flags::DOWNSTREAM_CONNECTION_TERMINATION != 0;
         let outcome = match (self.phase, self.outcome) {
             (Phase::Stalled, _) => Outcome::Stalled,
+            (Phase::Cut, Some(o)) => o,
             (Phase::Streaming, _) => {
                 let p = self.pipeline.as_ref();
                 if p.is_some_and(StreamPipeline::terminal_seen) && !p.is_some_and(StreamPipeline::failed) {
@@ -628,6 +683,7 @@ mod tests {
             deadline_ms: Some(1000),
             stall_ms: Some(500),
             announce_attempts: true,
+            keep_for_continuation: None,
             start_ms: 0,
             created_s: 0,
             id_suffix: 1,

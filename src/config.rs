@@ -128,6 +128,10 @@ struct RawProvider {
     vertex: Option<RawVertex>,
     #[serde(default)]
     azure: Option<RawAzure>,
+    #[serde(default)]
+    prefill: bool,
+    #[serde(default)]
+    context_window: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +183,42 @@ struct RawChain {
     failover: Option<RawFailover>,
     #[serde(default)]
     deadlines: Option<RawDeadlines>,
+    #[serde(default)]
+    continuation: Option<RawContinuation>,
+    #[serde(default)]
+    degraded: Option<RawChainDegraded>,
+}
+
+/// Mid-stream continuation of a chain's broken streams.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawContinuation {
+    enabled: bool,
+    max_attempts: u32,
+    timeout_ms: u64,
+    max_kept_bytes: u64,
+}
+
+impl Default for RawContinuation {
+    fn default() -> Self {
+        let d = Continuation::default();
+        RawContinuation {
+            enabled: d.enabled,
+            max_attempts: d.max_attempts,
+            timeout_ms: d.timeout_ms,
+            max_kept_bytes: d.max_kept_bytes as u64,
+        }
+    }
+}
+
+/// A chain's own degraded form (over the top-level `degraded`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChainDegraded {
+    #[serde(default)]
+    mode: Option<DegradedMode>,
+    #[serde(default)]
+    notice: Option<String>,
 }
 
 /// In-request failover of a chain: the Envoy clusters that let a router retry move on to the
@@ -466,6 +506,13 @@ pub struct Provider {
     pub models: ModelMap,
     pub vertex: Option<VertexSettings>,
     pub azure: Option<AzureSettings>,
+    /// The host accepts an assistant prefill (a conversation ending with an assistant turn):
+    /// a continuation hands it the partial answer that way. Claude Opus / Sonnet 4.6 and later
+    /// refuse it; without it a continuation asks with a final user turn.
+    pub prefill: bool,
+    /// The model's context window in tokens, if configured (context-overflow failover goes
+    /// only to a provider with a larger one).
+    pub context_window: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -548,6 +595,28 @@ pub struct Chain {
     /// In-request failover (None: one attempt per request, failover for the requests after).
     pub failover: Option<Failover>,
     pub deadlines: Deadlines,
+    pub continuation: Continuation,
+    /// The chain's degraded form and notice (None: the top-level `degraded`).
+    pub degraded_mode: Option<DegradedMode>,
+    pub degraded_notice: Option<String>,
+}
+
+/// Mid-stream continuation of one chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
+    pub enabled: bool,
+    /// Providers asked for the rest of one answer, at most.
+    pub max_attempts: u32,
+    /// How long the filter waits for the rest (the client's stream pauses meanwhile).
+    pub timeout_ms: u64,
+    /// A stream longer than this (client-format bytes) is not kept, so not continued.
+    pub max_kept_bytes: usize,
+}
+
+impl Default for Continuation {
+    fn default() -> Self {
+        Continuation { enabled: true, max_attempts: 2, timeout_ms: 60_000, max_kept_bytes: 1 << 20 }
+    }
 }
 
 impl Chain {
@@ -777,6 +846,9 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         {
             return Err(err(f("name"), format!("{:?} must be 1-64 characters of [A-Za-z0-9_-]", p.name)));
         }
+        if p.context_window.is_some_and(|w| !(1..=100_000_000).contains(&w)) {
+            return Err(err(f("context_window"), "must be between 1 and 100000000 tokens"));
+        }
         if providers.iter().any(|q| q.name == p.name) {
             return Err(err(f("name"), format!("provider {:?} is defined twice", p.name)));
         }
@@ -855,6 +927,8 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             models: ModelMap { models: p.models, default_model: p.default_model },
             vertex,
             azure,
+            prefill: p.prefill,
+            context_window: p.context_window,
         });
     }
 
@@ -929,9 +1003,43 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
                 out
             }
         };
+        let continuation = match c.continuation {
+            None => Continuation::default(),
+            Some(r) => {
+                if !(1..=5).contains(&r.max_attempts) {
+                    return Err(err(f("continuation.max_attempts"), "must be between 1 and 5"));
+                }
+                if !(100..=600_000).contains(&r.timeout_ms) {
+                    return Err(err(f("continuation.timeout_ms"), "must be between 100 and 600000 ms"));
+                }
+                if !(1024..=64 * 1024 * 1024).contains(&r.max_kept_bytes) {
+                    return Err(err(f("continuation.max_kept_bytes"), "must be between 1 KiB and 64 MiB"));
+                }
+                Continuation {
+                    enabled: r.enabled,
+                    max_attempts: r.max_attempts,
+                    timeout_ms: r.timeout_ms,
+                    max_kept_bytes: usize::try_from(r.max_kept_bytes).unwrap_or(usize::MAX),
+                }
+            }
+        };
+        let (degraded_mode, degraded_notice) = match c.degraded {
+            None => (None, None),
+            Some(d) => {
+                if let Some(n) = &d.notice {
+                    if n.trim().is_empty() || n.len() > 4096 {
+                        return Err(err(f("degraded.notice"), "must be non-empty and at most 4096 bytes"));
+                    }
+                }
+                (d.mode, d.notice)
+            }
+        };
         chains.push(Chain {
             failover,
             deadlines,
+            continuation,
+            degraded_mode,
+            degraded_notice,
             name: c.name.unwrap_or_else(|| format!("chain{i}")),
             path_prefix: c.matcher.path_prefix,
             header,

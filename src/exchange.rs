@@ -31,6 +31,10 @@ use crate::validate;
 /// Request header with which a client asks for same-model hosts only.
 pub const SAME_MODEL_HEADER: &str = "x-llm-failover-same-model";
 
+/// Request header with which a client picks the degraded form (`message` or `error`) over its
+/// chain's.
+pub const DEGRADED_FORM_HEADER: &str = "x-llm-degraded-form";
+
 /// Envoy's per-request retry and timeout headers: a client never sets them (the filter removes
 /// them), the filter sets its own.
 pub const ENVOY_CONTROL_HEADERS: [&str; 8] = [
@@ -151,6 +155,12 @@ pub struct Exchange {
     /// The attempt run by the downstream filter (single mode).
     pub single: Option<Attempt>,
     id_suffix: u64,
+    /// The degraded form the client asked for.
+    degraded_form: Option<DegradedMode>,
+    /// The body copy of a request routed at its headers grew past its limit.
+    body_over: bool,
+    /// The continuation of a stream that broke after its first content.
+    pub resume: Option<resume::Resume>,
 }
 
 impl Exchange {
@@ -191,7 +201,20 @@ impl Exchange {
             upstream_filter_missing: false,
             single: None,
             id_suffix,
+            degraded_form: head.get(DEGRADED_FORM_HEADER).and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
+                "message" => Some(DegradedMode::Message),
+                "error" => Some(DegradedMode::Error),
+                _ => None,
+            }),
+            resume: None,
+            body_over: false,
         }
+    }
+
+    /// The degraded form of this request: the client's choice, else its chain's, else the
+    /// config's.
+    pub fn degraded_mode(&self, cfg: &Config) -> DegradedMode {
+        self.degraded_form.or_else(|| self.chain(cfg).and_then(|c| c.degraded_mode)).unwrap_or(cfg.degraded.mode)
     }
 
     fn chain<'c>(&self, cfg: &'c Config) -> Option<&'c Chain> {
@@ -228,7 +251,7 @@ impl Exchange {
             return self.forward_single(cfg, head, first, None);
         }
         let nothing_left = w.needs_body_at.is_none();
-        if nothing_left && (head.end_of_stream || cfg.degraded.mode == DegradedMode::Error) {
+        if nothing_left && (head.end_of_stream || self.degraded_mode(cfg) == DegradedMode::Error) {
             return Step::Reply(self.degrade(cfg, DegradedReason::NoProviderAvailable));
         }
         if head.end_of_stream {
@@ -466,11 +489,34 @@ impl Exchange {
             deadline_ms: None,
             stall_ms: None,
             announce_attempts: false,
+            keep_for_continuation: chain.continuation.enabled.then_some(chain.continuation.max_kept_bytes),
             start_ms: self.start_ms,
             created_s: self.start_ms / 1000,
             id_suffix: self.id_suffix,
         }));
         Step::Forward { headers, body }
+    }
+
+    /// Single mode: keeps a copy of the client's body as it flows (a request routed at its
+    /// headers), for a continuation. Past `limit` bytes nothing is kept.
+    pub fn keep_body_chunk(&mut self, chunk: &[u8], limit: usize) {
+        if self.body_read || self.body_over {
+            return;
+        }
+        if self.body.len() + chunk.len() > limit {
+            self.body_over = true;
+            self.body = Vec::new();
+            return;
+        }
+        self.body.extend_from_slice(chunk);
+    }
+
+    /// Does this request keep a copy of its body as it flows (single mode with continuation)?
+    pub fn keeps_body(&self, cfg: &Config) -> bool {
+        self.mode == Mode::Single
+            && !self.body_read
+            && !self.body_over
+            && self.chain(cfg).is_some_and(|c| c.continuation.enabled)
     }
 
     /// The model the client asked for, once known and valid (single mode, from a streaming
@@ -639,6 +685,8 @@ impl Exchange {
             deadline_ms: chain.deadlines.first_content_ms(self.stream),
             stall_ms: chain.deadlines.stall_ms,
             announce_attempts: true,
+            keep_for_continuation: (chain.continuation.enabled && self.stream)
+                .then_some(chain.continuation.max_kept_bytes),
             start_ms: now_ms,
             created_s: self.start_ms / 1000,
             id_suffix: self.id_suffix.wrapping_add(u64::from(number)),
@@ -714,7 +762,14 @@ impl Exchange {
     pub fn degrade(&mut self, cfg: &Config, reason: DegradedReason) -> LocalResponse {
         self.replied = true;
         self.degraded = Some(reason);
-        degraded_response(&cfg.degraded, self.client, self.model.as_deref(), self.stream, reason, self.id_suffix)
+        let mode = self.degraded_mode(cfg);
+        let notice = self.chain(cfg).and_then(|c| c.degraded_notice.as_deref());
+        let settings = crate::config::DegradedSettings {
+            mode,
+            notice: notice.unwrap_or(&cfg.degraded.notice).to_string(),
+            ..cfg.degraded.clone()
+        };
+        degraded_response(&settings, self.client, self.model.as_deref(), self.stream, reason, self.id_suffix)
     }
 
     /// What the request did, for the access log and the request-level stats.
@@ -735,16 +790,28 @@ impl Exchange {
             outcome: answered.map(|s| s.outcome.as_str()).or(self.refused),
             degraded_reason: self.degraded.map(DegradedReason::as_str),
             input_tokens: answered.and_then(|s| s.input_tokens),
-            output_tokens: answered.and_then(|s| s.output_tokens),
+            output_tokens: self
+                .resume
+                .as_ref()
+                .and_then(|r| r.output_tokens)
+                .or_else(|| answered.and_then(|s| s.output_tokens)),
             ttft_ms: answered
                 .filter(|s| s.streamed)
                 .and_then(|s| s.first_content_ms)
                 .map(|t| t.saturating_sub(self.start_ms)),
             duration_ms: Some(end_ms.saturating_sub(self.start_ms)),
             tried,
+            continuation: self.resume.as_ref().and_then(|r| r.result.as_ref()).map(resume::ResumeResult::as_str),
+            finished_by: self.resume.as_ref().and_then(|r| match r.result {
+                Some(resume::ResumeResult::Spliced(p)) => Some(name(p).to_string()),
+                _ => None,
+            }),
         }
     }
 }
+
+mod resume;
+pub use resume::{CallSpec, Resume, ResumeResult, ResumeStep};
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod budget;
 pub mod classify;
 pub mod config;
+pub mod continuation;
 pub mod degraded;
 pub mod eventstream;
 pub mod exchange;

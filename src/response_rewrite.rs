@@ -45,6 +45,22 @@ pub struct StreamPipeline {
     client: ClientApi,
     out: Vec<u8>,
     ended: bool,
+    /// Kept for a continuation (see [`StreamPipeline::keep_for_continuation`]).
+    kept: Option<Kept>,
+}
+
+/// What a pipeline kept for a continuation: the client-format bytes the client got.
+#[derive(Debug, Default)]
+struct Kept {
+    sent: Vec<u8>,
+    limit: usize,
+    /// More than `limit` bytes went by: the answer is not kept any more.
+    over: bool,
+    /// The previous chunk ended on an event boundary (a raw chunk can then pass as it is).
+    aligned: bool,
+    /// The stream broke after its first content: what the client would have got at the break
+    /// (an error event in its format), held back for the continuation to decide.
+    cut: Option<Vec<u8>>,
 }
 
 impl StreamPipeline {
@@ -78,7 +94,25 @@ impl StreamPipeline {
             client,
             out: Vec::new(),
             ended: false,
+            kept: None,
         }
+    }
+
+    /// Keeps what the client gets (up to `limit` bytes) so that a stream that breaks after its
+    /// first content can be continued by another provider: from now on the client gets
+    /// complete events only (an unfinished one waits for its end), and at a break (an error
+    /// event or frame, or an end before the terminal event) nothing more is sent: the error
+    /// the client would have got is held ([`StreamPipeline::cut`]).
+    pub fn keep_for_continuation(&mut self, limit: usize) {
+        self.kept = Some(Kept { limit, aligned: true, ..Kept::default() });
+    }
+
+    /// The stream broke after its first content and was kept: the client-format bytes the
+    /// client got (None when more than the limit went by) and the error event held back.
+    pub fn cut(&self) -> Option<(Option<&[u8]>, &[u8])> {
+        let k = self.kept.as_ref()?;
+        let tail = k.cut.as_deref()?;
+        Some(((!k.over).then_some(k.sent.as_slice()), tail))
     }
 
     /// True when the client gets other bytes than the host sent.
@@ -93,6 +127,9 @@ impl StreamPipeline {
     /// well-formed error event in its format, so its SDK raises instead of returning a silently
     /// partial answer as if it were complete.
     pub fn feed(&mut self, chunk: &[u8], end: bool) -> Option<&[u8]> {
+        if self.kept.is_some() {
+            return self.feed_kept(chunk, end);
+        }
         self.out.clear();
         self.feed_events(chunk);
         let mut appended = false;
@@ -118,6 +155,89 @@ impl StreamPipeline {
             }
         }
         (self.rewrites() || appended).then_some(self.out.as_slice())
+    }
+
+    /// [`StreamPipeline::feed`] of a kept stream: every event written out whole (as it came, or
+    /// translated), what follows a break held back.
+    fn feed_kept(&mut self, chunk: &[u8], end: bool) -> Option<&[u8]> {
+        self.out.clear();
+        if self.kept.as_ref().is_some_and(|k| k.cut.is_some()) {
+            return Some(&self.out);
+        }
+        let StreamPipeline { parser, bedrock, monitor, translator, out, kept, client, .. } = self;
+        let Some(kept) = kept.as_mut() else { return Some(&self.out) };
+        let passthrough = matches!(translator, Translator::None);
+        let mut on_event = |event: &[u8], data: &[u8]| {
+            if kept.cut.is_some() {
+                return;
+            }
+            let had_content = monitor.content_started();
+            let mark = out.len();
+            monitor.on_event(event, data);
+            match translator {
+                Translator::None => {
+                    if event == b"message" {
+                        write_data_lines(out, data);
+                    } else {
+                        bedrock_stream::write_sse(out, event, data);
+                    }
+                }
+                Translator::AnthropicSse => bedrock_stream::write_sse(out, event, data),
+                Translator::AnthropicToOpenAi(t) => t.on_event(event, data, out),
+                Translator::OpenAiToAnthropic(t) => t.on_data(data, out),
+            }
+            if had_content && matches!(monitor.verdict(false), StreamVerdict::Error { .. }) {
+                kept.cut = Some(out.split_off(mark));
+            }
+        };
+        match bedrock {
+            Some(b) => b.feed(chunk, &mut on_event),
+            None => parser.feed(chunk, &mut on_event),
+        }
+        if end && !self.ended && kept.cut.is_none() {
+            self.ended = true;
+            let truncated = match self.monitor.verdict(true) {
+                StreamVerdict::Complete => self.parser.overflowed(),
+                v => v == StreamVerdict::Truncated,
+            };
+            let mark = self.out.len();
+            match &mut self.translator {
+                Translator::None | Translator::AnthropicSse => {
+                    if truncated {
+                        write_truncation_error(*client, &mut self.out);
+                    }
+                }
+                Translator::AnthropicToOpenAi(t) => t.finish(&mut self.out),
+                Translator::OpenAiToAnthropic(t) => t.finish(&mut self.out),
+            }
+            if truncated && self.monitor.content_started() {
+                kept.cut = Some(self.out.split_off(mark));
+            }
+        }
+        if kept.cut.is_none()
+            && self.bedrock.as_ref().is_some_and(BedrockStream::failed)
+            && self.monitor.content_started()
+        {
+            let mut tail = Vec::new();
+            write_truncation_error(*client, &mut tail);
+            kept.cut = Some(tail);
+        }
+        if !kept.over {
+            if kept.sent.len() + self.out.len() > kept.limit {
+                kept.over = true;
+                kept.sent = Vec::new();
+            } else {
+                kept.sent.extend_from_slice(&self.out);
+            }
+        }
+        // A raw chunk made of whole events, with nothing held back, passes as it came.
+        let aligned_now = self.parser.at_boundary();
+        let raw = passthrough && kept.aligned && aligned_now && kept.cut.is_none() && self.bedrock.is_none();
+        kept.aligned = aligned_now;
+        if raw {
+            return None;
+        }
+        Some(&self.out)
     }
 
     /// Has the answer's content begun (a text or tool delta, or the answer's end)?
@@ -166,6 +286,16 @@ impl StreamPipeline {
     pub fn usage(&self) -> (Option<u64>, Option<u64>) {
         self.monitor.usage()
     }
+}
+
+/// One SSE event without a name, its data on as many `data:` lines as it has lines.
+fn write_data_lines(out: &mut Vec<u8>, data: &[u8]) {
+    for line in data.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
 }
 
 /// The error event that ends a stream cut before its terminal event, in the client's format.
@@ -309,6 +439,77 @@ mod tests {
         let mut p = StreamPipeline::new(Api::Vertex, false, ClientApi::Anthropic, false, 0, 0);
         assert!(p.feed(sse.as_bytes(), true).is_none());
         assert_eq!(p.verdict(), StreamVerdict::Complete);
+    }
+
+    fn sse_of(events: &[&str]) -> String {
+        events
+            .iter()
+            .map(|e| {
+                let v: Value = serde_json::from_str(e).unwrap();
+                format!("event: {}\ndata: {e}\n\n", v["type"].as_str().unwrap())
+            })
+            .collect()
+    }
+
+    const ERROR: &str = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+
+    #[test]
+    fn a_kept_stream_passes_whole_events_and_holds_back_its_break() {
+        let good = sse_of(&ANTHROPIC_EVENTS[..3]);
+        let bytes = format!("{good}{}", sse_of(&[ERROR]));
+        for piece in [1, 5, 17, bytes.len()] {
+            let mut p = StreamPipeline::new(Api::Anthropic, false, ClientApi::Anthropic, false, 0, 0);
+            p.keep_for_continuation(1 << 20);
+            let out = String::from_utf8(run(&mut p, bytes.as_bytes(), piece)).unwrap();
+            assert_eq!(out, good, "piece {piece}: whole events only, the error held back");
+            let (sent, tail) = p.cut().expect("a break after content");
+            assert_eq!(sent.unwrap(), good.as_bytes());
+            assert!(String::from_utf8_lossy(tail).starts_with("event: error\n"));
+        }
+        // Aligned chunks pass as they came (no rewrite).
+        let mut p = StreamPipeline::new(Api::Anthropic, false, ClientApi::Anthropic, false, 0, 0);
+        p.keep_for_continuation(1 << 20);
+        assert_eq!(p.feed(good.as_bytes(), false), None);
+        assert!(p.cut().is_none());
+        // An end before the terminal event is a break too; a complete stream is not.
+        let mut p = StreamPipeline::new(Api::Anthropic, false, ClientApi::Anthropic, false, 0, 0);
+        p.keep_for_continuation(1 << 20);
+        p.feed(good.as_bytes(), false);
+        assert_eq!(p.feed(b"", true).unwrap(), b"");
+        assert!(p.cut().is_some());
+        let mut p = StreamPipeline::new(Api::Anthropic, false, ClientApi::Anthropic, false, 0, 0);
+        p.keep_for_continuation(1 << 20);
+        let all = sse_of(&ANTHROPIC_EVENTS);
+        assert_eq!(p.feed(all.as_bytes(), true), None);
+        assert!(p.cut().is_none());
+        // Past the limit the stream is not kept (the break still holds back the error).
+        let mut p = StreamPipeline::new(Api::Anthropic, false, ClientApi::Anthropic, false, 0, 0);
+        p.keep_for_continuation(10);
+        p.feed(bytes.as_bytes(), true);
+        assert_eq!(p.cut().map(|(s, _)| s.is_none()), Some(true));
+    }
+
+    #[test]
+    fn a_kept_translated_stream_breaks_in_the_clients_format() {
+        let bytes = format!("{}{}", sse_of(&ANTHROPIC_EVENTS[..3]), sse_of(&[ERROR]));
+        let mut p = StreamPipeline::new(Api::Anthropic, false, ClientApi::OpenAi, false, 0, 0);
+        p.keep_for_continuation(1 << 20);
+        let out = String::from_utf8(run(&mut p, bytes.as_bytes(), 7)).unwrap();
+        assert!(out.contains("\"content\":\"Hello\""), "{out}");
+        assert!(!out.contains("error"), "{out}");
+        let (_, tail) = p.cut().unwrap();
+        assert!(String::from_utf8_lossy(tail).contains("\"error\""));
+        // A Bedrock exception frame after content.
+        let mut b = Vec::new();
+        for e in &ANTHROPIC_EVENTS[..3] {
+            b.extend(crate::providers::bedrock_stream::encode_chunk_event(e.as_bytes()));
+        }
+        b.extend(crate::providers::bedrock_stream::encode_exception("throttlingException", "slow down"));
+        let mut p = StreamPipeline::new(Api::Bedrock, true, ClientApi::Anthropic, false, 0, 0);
+        p.keep_for_continuation(1 << 20);
+        let out = String::from_utf8(run(&mut p, &b, 11)).unwrap();
+        assert!(out.contains("Hello") && !out.contains("event: error"), "{out}");
+        assert!(p.cut().is_some());
     }
 
     #[test]

@@ -30,6 +30,11 @@ impl SseParser {
         self.overflowed
     }
 
+    /// True when everything fed so far formed complete events (nothing is pending).
+    pub fn at_boundary(&self) -> bool {
+        self.line.is_empty() && !self.has_data && self.event.is_empty() && !self.skip_line && !self.last_was_cr
+    }
+
     /// Feeds a chunk; calls `on_event(event_name, data)` for every complete event. The event
     /// name is `message` when the event had no `event:` field.
     pub fn feed(&mut self, mut chunk: &[u8], on_event: &mut dyn FnMut(&[u8], &[u8])) {

@@ -61,6 +61,13 @@ pub fn replays_skipped(reason: &str) -> String {
     format!("llm_failover.replays_skipped.reason.{reason}")
 }
 
+/// Continuations of broken streams: `result` is `attempted` (a provider was asked for the
+/// rest), `spliced` (its rest reached the client) or `failed` (the client's stream ended with
+/// an error event); `provider` is the one asked (`none` when no provider could be).
+pub fn continuations(provider: &str, result: &str) -> String {
+    format!("llm_failover.continuations.result.{result}.provider.{provider}")
+}
+
 /// Attempts per request (histogram).
 pub fn request_attempts() -> String {
     "llm_failover.request_attempts".to_string()
@@ -114,13 +121,17 @@ pub struct RequestRecord {
     pub output_tokens: Option<u64>,
     pub ttft_ms: Option<u64>,
     pub duration_ms: Option<u64>,
+    /// A broken stream's continuation: `spliced`, `completed` or `failed:<reason>`.
+    pub continuation: Option<String>,
+    /// The provider whose continuation finished the answer (`provider` started it).
+    pub finished_by: Option<String>,
 }
 
 impl RequestRecord {
     /// The access-log fields as (filter-state name, value); absent values are left out.
     /// Envoy's access log reads them as `%FILTER_STATE(wasm.<name>:PLAIN)%`.
     pub fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::with_capacity(10);
+        let mut out = Vec::with_capacity(12);
         let mut put = |k: &'static str, v: Option<String>| {
             if let Some(v) = v {
                 out.push((k, v));
@@ -136,6 +147,8 @@ impl RequestRecord {
         put("llm_failover.output_tokens", self.output_tokens.map(|v| v.to_string()));
         put("llm_failover.ttft_ms", self.ttft_ms.map(|v| v.to_string()));
         put("llm_failover.duration_ms", self.duration_ms.map(|v| v.to_string()));
+        put("llm_failover.continuation", self.continuation.clone());
+        put("llm_failover.finished_by", self.finished_by.clone());
         out
     }
 }

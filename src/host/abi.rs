@@ -95,6 +95,8 @@ extern "C" {
 
     fn proxy_close_stream(stream_type: u32) -> u32;
 
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -265,6 +267,12 @@ pub fn send_local_response(status_code: u32, headers: &[(&str, &str)], body: &[u
 pub fn close_stream(stream: StreamType) -> Result<()> {
     // SAFETY: plain value argument.
     check(unsafe { proxy_close_stream(stream as u32) })
+}
+
+/// Resumes a paused stream.
+pub fn continue_stream(stream: StreamType) -> Result<()> {
+    // SAFETY: plain value argument.
+    check(unsafe { proxy_continue_stream(stream as u32) })
 }
 
 /// Makes `context_id` the context later host calls act on (e.g. from the root's tick).

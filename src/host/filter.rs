@@ -9,7 +9,7 @@ use super::{abi, metrics, now_ms, random_u64, waiting};
 use crate::attempt::{AttemptSummary, BodyStep, ResponseHeaders};
 use crate::config::Config;
 use crate::degraded::LocalResponse;
-use crate::exchange::{Answer, Exchange, Mode, RequestHead, Step};
+use crate::exchange::{Answer, Exchange, Mode, RequestHead, ResumeStep, Step};
 use crate::health::Health;
 use crate::plan::HeaderEdits;
 use crate::request_peek::RequestPeek;
@@ -29,11 +29,74 @@ pub struct Filter {
     peek: Option<RequestPeek>,
     /// The exchange is registered for the upstream filter.
     registered: bool,
+    /// The token of the continuation call in flight (the response is paused meanwhile).
+    resume_call: Option<u32>,
 }
 
 impl Filter {
     pub fn new(cfg: Option<Rc<Config>>, context_id: u32) -> Self {
-        Filter { cfg, context_id, ex: None, held: None, peek: None, registered: false }
+        Filter { cfg, context_id, ex: None, held: None, peek: None, registered: false, resume_call: None }
+    }
+
+    /// Carries out continuation steps until one waits for a call or ends (`in_call`: from the
+    /// call's answer, where the paused response must be resumed).
+    fn resume_step(
+        &mut self,
+        cfg: &Config,
+        ex: &SharedExchange,
+        mut step: ResumeStep,
+        current: &[(String, Vec<u8>)],
+        in_call: bool,
+    ) -> Action {
+        loop {
+            match step {
+                ResumeStep::Call(spec) => {
+                    let headers: Vec<(&str, &str)> =
+                        spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let timeout = std::time::Duration::from_millis(spec.timeout_ms);
+                    match self.dispatch_http_call(&spec.cluster, headers, Some(&spec.body), vec![], timeout) {
+                        Ok(token) => {
+                            self.resume_call = Some(token);
+                            return Action::Pause;
+                        }
+                        Err(e) => {
+                            log::warn!("llm-failover: cannot call cluster {} for a continuation: {e:?}", spec.cluster);
+                            step = ex.borrow_mut().resume_answer(
+                                cfg,
+                                0,
+                                b"",
+                                current,
+                                &mut SharedHealth { cfg },
+                                &mut SharedBudget { cfg },
+                                now_ms(),
+                            );
+                        }
+                    }
+                }
+                ResumeStep::Append(bytes) => {
+                    if !bytes.is_empty() {
+                        // Past the end of what is buffered: appended.
+                        if let Err(e) = abi::set_buffer(BufferType::HttpResponseBody, APPEND, 0, &bytes) {
+                            log::warn!("llm-failover: cannot end a broken stream: {e:?}");
+                        }
+                    }
+                    if in_call {
+                        if let Err(e) = abi::continue_stream(proxy_wasm::types::StreamType::HttpResponse) {
+                            log::warn!("llm-failover: cannot resume a continued stream: {e:?}");
+                        }
+                    }
+                    return Action::Continue;
+                }
+            }
+        }
+    }
+
+    /// A stream of this request broke after its first content: continue it, or end it.
+    fn start_resume(&mut self, cfg: &Config, ex: &SharedExchange) -> Action {
+        let current = abi::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let step =
+            ex.borrow_mut().resume_start(cfg, &current, &mut SharedHealth { cfg }, &mut SharedBudget { cfg }, now_ms());
+        self.resume_step(cfg, ex, step, &current, false)
     }
 
     /// Carries out a request step; returns the action for the host.
@@ -93,6 +156,30 @@ pub fn send(resp: &LocalResponse, details: &str) {
     }
 }
 
+/// A `set_buffer` start past any buffer's end: the bytes are appended.
+const APPEND: usize = i32::MAX as usize;
+
+/// Stats of a request's continuation: each call as an attempt of its provider, then how it
+/// ended.
+fn emit_resume(cfg: &Config, ex: &Exchange) {
+    let Some(r) = ex.resume.as_ref() else { return };
+    let name = |p: usize| cfg.providers.get(p).map_or("none", |q| q.name.as_str());
+    for call in &r.calls {
+        emit_attempt(cfg, call);
+        metrics::counter(telemetry::continuations(name(call.provider), "attempted"), 1);
+    }
+    match r.result {
+        Some(crate::exchange::ResumeResult::Spliced(p)) => {
+            metrics::counter(telemetry::continuations(name(p), "spliced"), 1)
+        }
+        Some(crate::exchange::ResumeResult::Failed(_)) => {
+            let last = r.asked.last().map_or("none", |p| name(*p));
+            metrics::counter(telemetry::continuations(last, "failed"), 1)
+        }
+        _ => {}
+    }
+}
+
 fn clear_route_cache() {
     if let Err(e) = abi::call_foreign_function("clear_route_cache", &[]) {
         log::warn!("clear_route_cache failed: {e:?}");
@@ -135,7 +222,36 @@ pub fn emit_attempt(cfg: &Config, s: &AttemptSummary) {
     }
 }
 
-impl Context for Filter {}
+impl Context for Filter {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.resume_call != Some(token_id) {
+            return;
+        }
+        self.resume_call = None;
+        let (Some(cfg), Some(ex)) = (self.cfg.clone(), self.ex.clone()) else { return };
+        let status = abi::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.trim().parse::<u16>().ok()))
+            .unwrap_or(0);
+        let body = if body_size > 0 {
+            abi::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let current = abi::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let step = ex.borrow_mut().resume_answer(
+            &cfg,
+            status,
+            &body,
+            &current,
+            &mut SharedHealth { cfg: &cfg },
+            &mut SharedBudget { cfg: &cfg },
+            now_ms(),
+        );
+        self.resume_step(&cfg, &ex, step, &current, true);
+    }
+}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -196,13 +312,24 @@ impl HttpContext for Filter {
             self.held = None;
             return self.apply(step, body_size);
         }
+        let keep = ex.borrow().keeps_body(&cfg);
         if let Some(peek) = self.peek.as_mut() {
-            if body_size > 0 && !peek.done() {
+            if body_size > 0 && (keep || !peek.done()) {
                 if let Ok(Some(chunk)) = abi::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-                    peek.feed(&chunk);
+                    if !peek.done() {
+                        peek.feed(&chunk);
+                    }
+                    if keep {
+                        let limit = cfg
+                            .chains
+                            .get(ex.borrow().chain)
+                            .and_then(|c| c.failover.as_ref())
+                            .map_or(8 << 20, |f| f.max_replay_bytes);
+                        ex.borrow_mut().keep_body_chunk(&chunk, usize::try_from(limit).unwrap_or(usize::MAX));
+                    }
                 }
             }
-            if peek.done() || end_of_stream {
+            if (peek.done() && !keep) || end_of_stream {
                 let (model, stream) = (peek.model(), peek.stream());
                 ex.borrow_mut().learn_model(model, stream);
                 self.peek = None;
@@ -251,31 +378,48 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(ex) = self.ex.clone() else { return Action::Continue };
-        let mut ex = ex.borrow_mut();
-        if ex.replied || ex.mode == Mode::Attempts {
+        if self.resume_call.is_some() {
+            // A continuation is on its way: everything waits for it.
+            return Action::Pause;
+        }
+        let Some(shared) = self.ex.clone() else { return Action::Continue };
+        let mut ex = shared.borrow_mut();
+        if ex.replied {
             return Action::Continue;
         }
-        let Some(a) = ex.single.as_mut() else { return Action::Continue };
-        let data = match a.reads_body_from(end_of_stream) {
-            Some(from) if body_size > from => {
-                abi::get_buffer(BufferType::HttpResponseBody, from, body_size - from).ok().flatten().unwrap_or_default()
-            }
-            _ => Vec::new(),
-        };
-        match a.on_response_body(&data, end_of_stream, now_ms()) {
-            BodyStep::Continue { headers, body } => {
-                apply_edits(MapType::HttpResponseHeaders, &headers);
-                if let Some(b) = body {
-                    if body_size > 0 || !b.is_empty() {
-                        let _ = abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &b);
+        let mut action = Action::Continue;
+        if ex.mode == Mode::Single {
+            let Some(a) = ex.single.as_mut() else { return Action::Continue };
+            let data = match a.reads_body_from(end_of_stream) {
+                Some(from) if body_size > from => abi::get_buffer(BufferType::HttpResponseBody, from, body_size - from)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            action = match a.on_response_body(&data, end_of_stream, now_ms()) {
+                BodyStep::Continue { headers, body } => {
+                    apply_edits(MapType::HttpResponseHeaders, &headers);
+                    if let Some(b) = body {
+                        if body_size > 0 || !b.is_empty() {
+                            let _ = abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &b);
+                        }
                     }
+                    Action::Continue
                 }
-                Action::Continue
+                BodyStep::Hold => Action::Pause,
+                BodyStep::Retry(_) | BodyStep::Degrade(_) => Action::Continue,
+            };
+            if let Some(cut) = a.take_cut() {
+                ex.on_cut(cut);
             }
-            BodyStep::Hold => Action::Pause,
-            BodyStep::Retry(_) | BodyStep::Degrade(_) => Action::Continue,
         }
+        if !ex.resume_waiting() {
+            return action;
+        }
+        drop(ex);
+        let Some(cfg) = self.cfg.clone() else { return action };
+        self.start_resume(&cfg, &shared)
     }
 
     fn on_log(&mut self) {
@@ -306,6 +450,7 @@ impl HttpContext for Filter {
                 ex.end_attempt(summary);
             }
         }
+        emit_resume(&cfg, &ex);
         let record = ex.record(&cfg, now);
         if let Some(reason) = record.degraded_reason {
             metrics::counter(telemetry::degraded(reason), 1);

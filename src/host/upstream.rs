@@ -175,6 +175,11 @@ impl HttpContext for Upstream {
             _ => Vec::new(),
         };
         let step = a.borrow_mut().on_response_body(&data, end_of_stream, now_ms());
+        if let Some(cut) = a.borrow_mut().take_cut() {
+            if let Some(ex) = &self.ex {
+                ex.borrow_mut().on_cut(cut);
+            }
+        }
         match step {
             BodyStep::Continue { headers, body } => {
                 apply_edits(MapType::HttpResponseHeaders, &headers);

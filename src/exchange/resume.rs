@@ -132,6 +132,15 @@ impl Exchange {
             log::debug!("llm-failover: a broken stream is not continued: {why}");
             return self.resume_fail(if why.contains("tool") { "tool_call" } else { "not_continuable" });
         }
+        // The usage chunk follows the client's own request (the attempt knows it only when it
+        // rewrote the request).
+        let include_usage = self
+            .client_request()
+            .ok()
+            .and_then(|req| req.body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(|v| v.as_bool()))
+            .unwrap_or(false);
+        let Some(r) = self.resume.as_mut() else { return ResumeStep::Append(Vec::new()) };
+        r.cut.include_usage |= include_usage;
         if t.stop_reason.is_some() {
             // Only the terminal events were missing.
             let bytes = splice(&t, &Continued::default(), r.cut.include_usage);

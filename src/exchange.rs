@@ -159,6 +159,13 @@ pub struct Exchange {
     degraded_form: Option<DegradedMode>,
     /// The body copy of a request routed at its headers grew past its limit.
     body_over: bool,
+    /// The provider and chain position of the last attempt started.
+    last_started: Option<(usize, usize)>,
+    /// The final response was looked at for a context overflow.
+    overflow_checked: bool,
+    /// The prompt was too long for the provider that answered.
+    pub context_overflow: bool,
+    overflow_call: Option<overflow::OverflowCall>,
     /// The continuation of a stream that broke after its first content.
     pub resume: Option<resume::Resume>,
 }
@@ -208,7 +215,16 @@ impl Exchange {
             }),
             resume: None,
             body_over: false,
+            last_started: None,
+            overflow_checked: false,
+            context_overflow: false,
+            overflow_call: None,
         }
+    }
+
+    /// The client's body is at hand (read, or copied as it flowed).
+    fn body_available(&self) -> bool {
+        !self.body.is_empty() && !self.body_over
     }
 
     /// The degraded form of this request: the client's choice, else its chain's, else the
@@ -472,6 +488,7 @@ impl Exchange {
         let include_usage = rw.as_ref().is_some_and(|r| r.include_usage);
         let body = rw.as_ref().map(|r| r.body.clone());
         self.attempts_started = 1;
+        self.last_started = Some((first.provider, first.position));
         self.single = Some(Attempt::new(AttemptSetup {
             number: 1,
             provider: first.provider,
@@ -668,6 +685,7 @@ impl Exchange {
             None => self.model.clone(),
         };
         self.attempts_started = self.attempts_started.max(number);
+        self.last_started = Some((planned.provider, planned.position));
         let attempt = Attempt::new(AttemptSetup {
             number,
             provider: planned.provider,
@@ -810,7 +828,9 @@ impl Exchange {
     }
 }
 
+mod overflow;
 mod resume;
+pub use overflow::{is_context_overflow, OverflowStep};
 pub use resume::{CallSpec, Resume, ResumeResult, ResumeStep};
 
 #[cfg(test)]

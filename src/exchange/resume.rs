@@ -137,7 +137,9 @@ impl Exchange {
         let include_usage = self
             .client_request()
             .ok()
-            .and_then(|req| req.body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(|v| v.as_bool()))
+            .and_then(|req| {
+                req.body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(|v| v.as_bool())
+            })
             .unwrap_or(false);
         let Some(r) = self.resume.as_mut() else { return ResumeStep::Append(Vec::new()) };
         r.cut.include_usage |= include_usage;
@@ -298,7 +300,29 @@ impl Exchange {
         };
         let body = request_body(self.client, &req.body, &partial, form, used);
         let creq = ClientRequest { body, ..req };
-        let rw = rewrite(&creq, p, chain.models.get(position)?, cfg.default_max_tokens).ok()?;
+        let (spec, _) = self.call_spec(cfg, provider, position, &creq, current, chain.continuation.timeout_ms)?;
+        Some((spec, form))
+    }
+
+    /// A call of the filter's own to `provider` (chain position `position`) with the client's
+    /// request `req` rewritten for it: the request's current headers with that provider's edits
+    /// (its credential only, its authority, the path), and the rewrite (its model, whether it
+    /// streams).
+    pub(super) fn call_spec(
+        &self,
+        cfg: &Config,
+        provider: usize,
+        position: usize,
+        req: &ClientRequest,
+        current: &[(String, Vec<u8>)],
+        timeout_ms: u64,
+    ) -> Option<(CallSpec, crate::request_rewrite::Rewrite)> {
+        let chain = cfg.chains.get(self.chain)?;
+        let p = cfg.providers.get(provider)?;
+        let rw = rewrite(req, p, chain.models.get(position)?, cfg.default_max_tokens).ok()?;
+        if !validate::valid_model(&rw.model) {
+            return None;
+        }
         let lookup = |name: &str| {
             current.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok()).map(str::to_string)
         };
@@ -326,11 +350,8 @@ impl Exchange {
         if !headers.iter().any(|(k, _)| k == ":authority") {
             headers.push((":authority".to_string(), p.authority.clone().unwrap_or_else(|| p.cluster.clone())));
         }
-        let timeout_ms = chain.continuation.timeout_ms;
-        if !validate::valid_model(&rw.model) {
-            return None;
-        }
-        Some((CallSpec { cluster: p.cluster.clone(), headers, body: rw.body, timeout_ms }, form))
+        let body = rw.body.clone();
+        Some((CallSpec { cluster: p.cluster.clone(), headers, body, timeout_ms }, rw))
     }
 }
 

@@ -9,7 +9,7 @@ use super::{abi, metrics, now_ms, random_u64, waiting};
 use crate::attempt::{AttemptSummary, BodyStep, ResponseHeaders};
 use crate::config::Config;
 use crate::degraded::LocalResponse;
-use crate::exchange::{Answer, Exchange, Mode, RequestHead, ResumeStep, Step};
+use crate::exchange::{Answer, Exchange, Mode, OverflowStep, RequestHead, ResumeStep, Step};
 use crate::health::Health;
 use crate::plan::HeaderEdits;
 use crate::request_peek::RequestPeek;
@@ -31,11 +31,27 @@ pub struct Filter {
     registered: bool,
     /// The token of the continuation call in flight (the response is paused meanwhile).
     resume_call: Option<u32>,
+    /// A 400 held to see whether it is a context overflow; the call in flight for it.
+    overflow_hold: bool,
+    overflow_call: Option<u32>,
+    /// Bytes of the response body Envoy holds for us.
+    held_body: usize,
 }
 
 impl Filter {
     pub fn new(cfg: Option<Rc<Config>>, context_id: u32) -> Self {
-        Filter { cfg, context_id, ex: None, held: None, peek: None, registered: false, resume_call: None }
+        Filter {
+            cfg,
+            context_id,
+            ex: None,
+            held: None,
+            peek: None,
+            registered: false,
+            resume_call: None,
+            overflow_hold: false,
+            overflow_call: None,
+            held_body: 0,
+        }
     }
 
     /// Carries out continuation steps until one waits for a call or ends (`in_call`: from the
@@ -89,6 +105,37 @@ impl Filter {
                 }
             }
         }
+    }
+
+    /// The held 400's step.
+    fn overflow_step(&mut self, step: OverflowStep, in_call: bool) -> Action {
+        match step {
+            OverflowStep::Call(spec) => {
+                let headers: Vec<(&str, &str)> = spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let timeout = std::time::Duration::from_millis(spec.timeout_ms);
+                match self.dispatch_http_call(&spec.cluster, headers, Some(&spec.body), vec![], timeout) {
+                    Ok(token) => {
+                        self.overflow_call = Some(token);
+                        return Action::Pause;
+                    }
+                    Err(e) => log::warn!("llm-failover: cannot call cluster {} for a long prompt: {e:?}", spec.cluster),
+                }
+            }
+            OverflowStep::Replace { headers, body } => {
+                apply_edits(MapType::HttpResponseHeaders, &headers);
+                if let Err(e) = abi::set_buffer(BufferType::HttpResponseBody, 0, self.held_body, &body) {
+                    log::warn!("llm-failover: cannot replace a held answer: {e:?}");
+                }
+            }
+            OverflowStep::Pass => {}
+        }
+        self.overflow_hold = false;
+        if in_call {
+            if let Err(e) = abi::continue_stream(proxy_wasm::types::StreamType::HttpResponse) {
+                log::warn!("llm-failover: cannot resume a held answer: {e:?}");
+            }
+        }
+        Action::Continue
     }
 
     /// A stream of this request broke after its first content: continue it, or end it.
@@ -224,6 +271,36 @@ pub fn emit_attempt(cfg: &Config, s: &AttemptSummary) {
 
 impl Context for Filter {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.overflow_call == Some(token_id) {
+            self.overflow_call = None;
+            let (Some(cfg), Some(ex)) = (self.cfg.clone(), self.ex.clone()) else { return };
+            let header = |n: &str| {
+                abi::get_map_value(MapType::HttpCallResponseHeaders, n)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| String::from_utf8(v).ok())
+            };
+            let status = header(":status").and_then(|s| s.trim().parse::<u16>().ok()).unwrap_or(0);
+            let content_type = header("content-type").unwrap_or_default();
+            let body = if body_size > 0 {
+                abi::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let step = ex.borrow_mut().overflow_answer(
+                &cfg,
+                status,
+                &content_type,
+                &body,
+                &mut SharedHealth { cfg: &cfg },
+                now_ms(),
+            );
+            if let Some(s) = ex.borrow().summaries.last() {
+                emit_attempt(&cfg, s);
+            }
+            self.overflow_step(step, true);
+            return;
+        }
         if self.resume_call != Some(token_id) {
             return;
         }
@@ -363,10 +440,16 @@ impl HttpContext for Filter {
         if ex.upstream_filter_missing {
             warn_no_upstream_filter();
         }
+        // A 400 that may say the prompt is too long for the model: held to be read.
+        self.overflow_hold =
+            matches!(answer, Answer::Pass(_) | Answer::Hold) && ex.holds_for_overflow(&cfg, headers.status);
         drop(ex);
         match answer {
             Answer::Pass(edits) => {
                 apply_edits(MapType::HttpResponseHeaders, &edits);
+                if self.overflow_hold {
+                    return Action::Pause;
+                }
                 Action::Continue
             }
             Answer::Hold => Action::Pause,
@@ -378,8 +461,8 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.resume_call.is_some() {
-            // A continuation is on its way: everything waits for it.
+        if self.resume_call.is_some() || self.overflow_call.is_some() {
+            // A continuation (or a larger context) is on its way: everything waits for it.
             return Action::Pause;
         }
         let Some(shared) = self.ex.clone() else { return Action::Continue };
@@ -388,6 +471,7 @@ impl HttpContext for Filter {
             return Action::Continue;
         }
         let mut action = Action::Continue;
+        let mut replaced: Option<Vec<u8>> = None;
         if ex.mode == Mode::Single {
             let Some(a) = ex.single.as_mut() else { return Action::Continue };
             let data = match a.reads_body_from(end_of_stream) {
@@ -404,6 +488,7 @@ impl HttpContext for Filter {
                         if body_size > 0 || !b.is_empty() {
                             let _ = abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &b);
                         }
+                        replaced = Some(b);
                     }
                     Action::Continue
                 }
@@ -413,6 +498,28 @@ impl HttpContext for Filter {
             if let Some(cut) = a.take_cut() {
                 ex.on_cut(cut);
             }
+        }
+        if self.overflow_hold {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let body = match replaced {
+                Some(b) => b,
+                None => abi::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten().unwrap_or_default(),
+            };
+            self.held_body = body.len();
+            drop(ex);
+            let Some(cfg) = self.cfg.clone() else { return Action::Continue };
+            let current = abi::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+            let step = shared.borrow_mut().overflow_start(
+                &cfg,
+                &body,
+                &current,
+                &mut SharedHealth { cfg: &cfg },
+                &mut SharedBudget { cfg: &cfg },
+                now_ms(),
+            );
+            return self.overflow_step(step, false);
         }
         if !ex.resume_waiting() {
             return action;

@@ -68,9 +68,11 @@ def test_error_event_inside_a_200_stream_counts_as_a_failure(stack):
     stack.fault("primary", "stream_error")
     for _ in range(3):
         r = stack.post({**MESSAGE_BODY, "stream": True})
-        # The stream had already started: the client sees it as the provider sent it.
+        # The stream had already started: the primary's part reached the client, the fallback
+        # finished it (a continuation), and the primary's failure counts.
         assert r.status_code == 200 and r.headers["x-llm-provider"] == "primary"
-        assert "error" in [e for e, _ in sse_events(r.text)]
+        names = [e for e, _ in sse_events(r.text)]
+        assert "error" not in names and names[-1] == "message_stop", r.text
     assert provider_of(stack.post({**MESSAGE_BODY, "stream": True})) == "fallback"
 
 
@@ -78,8 +80,9 @@ def test_stream_without_message_stop_counts_as_a_failure(stack):
     stack.fault("primary", "truncate")
     for _ in range(3):
         r = stack.post({**MESSAGE_BODY, "stream": True})
-        assert r.status_code == 200
-        assert "message_stop" not in [e for e, _ in sse_events(r.text)]
+        assert r.status_code == 200 and r.headers["x-llm-provider"] == "primary"
+        # Continued by the fallback: one complete stream.
+        assert [e for e, _ in sse_events(r.text)].count("message_stop") == 1, r.text
     r = stack.post({**MESSAGE_BODY, "stream": True})
     assert provider_of(r) == "fallback"
     assert [e for e, _ in sse_events(r.text)][-1] == "message_stop"

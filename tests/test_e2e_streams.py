@@ -59,8 +59,11 @@ def routes_config(breaker: dict | None = None, stall_ms: int = STALL_MS) -> dict
         if route:
             match["header"] = {"name": "x-route", "value": route}
         names = [p if isinstance(p, str) else p["provider"] for p in (first, second)]
+        # Continuation off: these tests are about what the client gets when a broken stream is
+        # not continued (tests/test_e2e_continuation.py has the continued ones).
         return {"name": name, "match": match, "client_api": client, "providers": [first, second],
-                "deadlines": deadlines, "failover": {"clusters": [{"cluster": f"llm_{name}", "providers": names}]}}
+                "deadlines": deadlines, "continuation": {"enabled": False},
+                "failover": {"clusters": [{"cluster": f"llm_{name}", "providers": names}]}}
 
     cfg["chains"] = [
         chain("a2o", "/v1/messages", "translated", "anthropic", {"provider": "openai", "models": {CLAUDE: GPT}},

@@ -441,3 +441,73 @@ fn single_mode_routes_at_the_headers_when_nothing_needs_the_body() {
     assert!(ex.single.is_some());
     assert_eq!(ex.mode, Mode::Single);
 }
+
+#[test]
+fn the_degraded_form_is_the_requests_then_the_chains_then_the_configs() {
+    let with_chain = |chain: &str, top: &str| {
+        let json = format!(
+            r#"{{"providers":[{{"name":"p","cluster":"c"}}],
+                "chains":[{{"providers":["p"]{chain}}}]{top}}}"#
+        );
+        config::parse(json.as_bytes(), |_| None).unwrap()
+    };
+    let form = |cfg: &Config, header: Option<&str>| {
+        let mut h = headers(&[]);
+        if let Some(v) = header {
+            h.push((DEGRADED_FORM_HEADER.to_string(), v.as_bytes().to_vec()));
+        }
+        let head = RequestHead { headers: &h, end_of_stream: true };
+        Exchange::new(cfg, 0, &head, false, 0, 1).degraded_mode(cfg)
+    };
+    let plain = with_chain("", "");
+    assert_eq!(form(&plain, None), DegradedMode::Message);
+    assert_eq!(form(&plain, Some("error")), DegradedMode::Error);
+    let top_error = with_chain("", r#","degraded":{"mode":"error"}"#);
+    assert_eq!(form(&top_error, None), DegradedMode::Error);
+    let chain_message = with_chain(r#","degraded":{"mode":"message"}"#, r#","degraded":{"mode":"error"}"#);
+    assert_eq!(form(&chain_message, None), DegradedMode::Message);
+    assert_eq!(form(&chain_message, Some("Error")), DegradedMode::Error);
+    let chain_error = with_chain(r#","degraded":{"mode":"error","notice":"Try later."}"#, "");
+    assert_eq!(form(&chain_error, Some("message")), DegradedMode::Message);
+    assert_eq!(form(&chain_error, Some("nonsense")), DegradedMode::Error, "an unknown value is ignored");
+    // The chain's notice is the one the client reads.
+    let mut h = headers(&[(DEGRADED_FORM_HEADER, "message")]);
+    h.retain(|(k, _)| k != "x-api-key");
+    let head = RequestHead { headers: &h, end_of_stream: true };
+    let mut ex = Exchange::new(&chain_error, 0, &head, false, 0, 1);
+    let resp = ex.degrade(&chain_error, DegradedReason::NoProviderAvailable);
+    assert!(String::from_utf8_lossy(&resp.body).contains("Try later."));
+    assert_eq!(resp.status, 200);
+}
+
+#[test]
+fn a_context_overflow_goes_only_to_a_larger_window_of_another_model() {
+    let json = r#"{"providers":[
+            {"name":"claude","cluster":"c1","context_window":200000},
+            {"name":"claude_vertex","cluster":"c2","api":"vertex","vertex":{"project":"p","region":"r"},"context_window":1000000},
+            {"name":"small_gpt","cluster":"c3","api":"openai","context_window":128000,"models":{"claude-opus-4-6":"gpt-4o"}},
+            {"name":"big_gpt","cluster":"c4","api":"openai","context_window":1000000,"models":{"claude-opus-4-6":"gpt-4.1"}}],
+          "chains":[{"match":{"path_prefix":"/v1/messages"},"providers":["claude","claude_vertex","small_gpt","big_gpt"]}]}"#;
+    let cfg = config::parse(json.as_bytes(), |_| None).unwrap();
+    let h = headers(&[]);
+    let head = RequestHead { headers: &h, end_of_stream: false };
+    let mut health = MemHealth::new(cfg.providers.len(), &cfg.breaker);
+    let mut budget = MemBudget::new(&cfg.retry_budget);
+    let mut ex = Exchange::new(&cfg, 0, &head, false, 0, 1);
+    ex.on_request_body(&cfg, &head, BODY.to_vec(), &mut health, &mut budget);
+    budget.count_request(0);
+    assert!(ex.holds_for_overflow(&cfg, 400));
+    assert!(!ex.holds_for_overflow(&cfg, 400), "looked at once");
+    let too_long = br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 215000 tokens > 200000 maximum"}}"#;
+    let step = ex.overflow_start(&cfg, too_long, &h, &mut health, &mut budget, 10);
+    let OverflowStep::Call(spec) = step else { panic!("{step:?}") };
+    assert_eq!(spec.cluster, "c4", "not Vertex's Claude (same model), not the smaller GPT");
+    let body: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+    assert_eq!(body["model"], "gpt-4.1");
+    // Another 400 is the client's own.
+    let mut ex = Exchange::new(&cfg, 0, &head, false, 0, 1);
+    ex.on_request_body(&cfg, &head, BODY.to_vec(), &mut health, &mut budget);
+    let bad = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
+    assert!(ex.holds_for_overflow(&cfg, 400));
+    assert_eq!(ex.overflow_start(&cfg, bad, &h, &mut health, &mut budget, 10), OverflowStep::Pass);
+}

@@ -306,9 +306,16 @@ fn stream_translation(c: &mut Criterion) {
         ("OpenAI SSE -> Anthropic SSE", Api::OpenAi, false, ClientApi::Anthropic, answers::openai_sse()),
         ("Anthropic SSE -> OpenAI SSE", Api::Anthropic, false, ClientApi::OpenAi, answers::anthropic_sse()),
     ];
-    for (name, api, event_stream, client, chunks) in cases {
+    let kept = [false, true];
+    for (kept, (name, api, event_stream, client, chunks)) in
+        kept.iter().flat_map(|k| cases.clone().into_iter().map(move |c| (*k, c)))
+    {
+        let name = if kept { format!("{name}, kept for a continuation") } else { name.to_string() };
         let run = |chunks: &[Vec<u8>]| {
             let mut p = StreamPipeline::new(api, event_stream, client, true, NOW / 1000, 7);
+            if kept {
+                p.keep_for_continuation(1 << 20);
+            }
             let mut out = 0usize;
             for chunk in chunks {
                 out += p.feed(chunk, false).map_or(0, <[u8]>::len);
@@ -321,7 +328,7 @@ fn stream_translation(c: &mut Criterion) {
         assert_eq!(verdict, llm_failover::classify::StreamVerdict::Complete, "{name}");
         assert_eq!(out > 0, api != Api::Anthropic || client != ClientApi::Anthropic, "{name}");
         g.throughput(Throughput::Bytes(chunks.iter().map(Vec::len).sum::<usize>() as u64));
-        g.bench_function(name, |b| b.iter(|| run(black_box(&chunks))));
+        g.bench_function(&name, |b| b.iter(|| run(black_box(&chunks))));
     }
     g.finish();
 }

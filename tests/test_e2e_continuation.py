@@ -429,3 +429,56 @@ def test_a_burst_of_broken_streams_is_continued():
         assert not clean_partial, "never a clean close that looks complete"
         assert len(whole) == n
         assert not s.wasm_failures()
+
+
+def test_one_attempt_installs_continue_too(single):
+    """Without the upstream filter (an Istio WasmPlugin install) the downstream filter watches
+    the one attempt and continues a broken stream itself; a request routed at its headers keeps
+    a copy of its body as it flows for that."""
+    s = single
+    for m in s.mocks.values():
+        m.set_fault({"mode": "none"})
+        m.set_answer({"text": STORY})
+    s.fault("primary", "stream_error", after_deltas=3)
+    c = anthropic.Anthropic(base_url=s.url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    with c.messages.stream(model=CLAUDE, max_tokens=256, messages=[{"role": "user", "content": "Tell"}]) as st:
+        text = "".join(st.text_stream)
+        final = st.get_final_message()
+        assert st.response.headers["x-llm-provider"] == "primary"
+    assert text == STORY, text
+    assert final.stop_reason == "end_turn"
+    assert continuations(s, "fallback")[-1] == "instruction"
+    assert access_log(s)[-1]["llm_finished_by"] == "fallback"
+
+
+def test_with_the_demo_config_no_broken_stream_reaches_the_sdk_as_an_error():
+    """The issue's measurement: the demo config, the primary's streams breaking after their first
+    delta. Before continuation 0.3 % of requests ended in an SDK error; now none may."""
+    from stack import Stack, demo_filter_config
+
+    n, width = 60, 6
+    with Stack(demo_filter_config()) as s:
+        s.fault("primary", "stream_error", after_deltas=1)
+        c = anthropic.Anthropic(base_url=s.url, api_key="sk-client", max_retries=0, timeout=30)
+
+        def one(_):
+            t0 = time.monotonic()
+            try:
+                with c.messages.stream(model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as st:
+                    text = "".join(st.text_stream)
+                    st.get_final_message()
+                    return text, st.response.headers["x-llm-provider"], None, time.monotonic() - t0
+            except Exception as e:  # noqa: BLE001
+                return None, None, e, time.monotonic() - t0
+
+        with ThreadPoolExecutor(width) as ex:
+            results = list(ex.map(one, range(n)))
+        errors = [r for r in results if r[2] is not None]
+        continued = [r for r in results if r[1] == "primary"]
+        print(f"FIGURE demo config, {n} streams ({width} at a time), the primary's streams breaking after "
+              f"the first delta: {len(errors)} SDK errors ({100 * len(errors) / n:.1f} %), {len(continued)} "
+              f"started by the primary and continued by the fallback, {n - len(continued) - len(errors)} "
+              f"served by the fallback from the start (the primary's breaker open)")
+        assert not errors, errors[:3]
+        assert all(r[0] == "Hello from fallback" for r in continued), [r[0] for r in continued]
+        assert continued, "some streams met the break"

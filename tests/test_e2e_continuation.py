@@ -431,24 +431,34 @@ def test_a_burst_of_broken_streams_is_continued():
         assert not s.wasm_failures()
 
 
-def test_one_attempt_installs_continue_too(single):
-    """Without the upstream filter (an Istio WasmPlugin install) the downstream filter watches
-    the one attempt and continues a broken stream itself; a request routed at its headers keeps
-    a copy of its body as it flows for that."""
-    s = single
-    for m in s.mocks.values():
-        m.set_fault({"mode": "none"})
-        m.set_answer({"text": STORY})
-    s.fault("primary", "stream_error", after_deltas=3)
-    c = anthropic.Anthropic(base_url=s.url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
-    with c.messages.stream(model=CLAUDE, max_tokens=256, messages=[{"role": "user", "content": "Tell"}]) as st:
-        text = "".join(st.text_stream)
-        final = st.get_final_message()
-        assert st.response.headers["x-llm-provider"] == "primary"
-    assert text == STORY, text
-    assert final.stop_reason == "end_turn"
-    assert continuations(s, "fallback")[-1] == "instruction"
-    assert access_log(s)[-1]["llm_finished_by"] == "fallback"
+@pytest.mark.parametrize("stop_iteration", [True, False], ids=["envoy", "istio-wasmplugin"])
+def test_one_attempt_installs_continue_too(stop_iteration):
+    """Without the upstream filter (an Istio WasmPlugin install, which cannot set
+    allow_on_headers_stop_iteration either) the downstream filter watches the one attempt and
+    continues a broken stream itself; a request routed at its headers keeps a copy of its body as
+    it flows for that."""
+    from conftest import fast_breaker, single_attempt
+    from stack import Stack
+
+    with Stack(single_attempt(fast_breaker()), upstream_filter=False, allow_stop_iteration=stop_iteration) as s:
+        for m in s.mocks.values():
+            m.set_answer({"text": STORY})
+        s.fault("primary", "stream_error", after_deltas=3)
+        c = anthropic.Anthropic(base_url=s.url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+        with c.messages.stream(model=CLAUDE, max_tokens=256, messages=[{"role": "user", "content": "Tell"}]) as st:
+            text = "".join(st.text_stream)
+            final = st.get_final_message()
+            assert st.response.headers["x-llm-provider"] == "primary"
+        assert text == STORY, text
+        assert final.stop_reason == "end_turn"
+        assert continuations(s, "fallback")[-1] == "instruction"
+        assert access_log(s)[-1]["llm_finished_by"] == "fallback"
+        # A 400 is passed at once there (never held: it would hang without the flag).
+        s.fault("primary", "context_overflow")
+        t0 = time.monotonic()
+        with pytest.raises(anthropic.BadRequestError):
+            c.messages.create(model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+        assert time.monotonic() - t0 < 2
 
 
 def test_with_the_demo_config_no_broken_stream_reaches_the_sdk_as_an_error():

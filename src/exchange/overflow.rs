@@ -97,8 +97,11 @@ impl Exchange {
     }
 
     /// Should the downstream filter hold this final response to look for a context overflow?
+    /// Only with in-request failover: holding response headers needs the Wasm filter's
+    /// `allow_on_headers_stop_iteration`, which the installs without the upstream filter (an
+    /// Istio `WasmPlugin`) cannot set, and there a held answer would hang.
     pub fn holds_for_overflow(&mut self, cfg: &Config, status: u16) -> bool {
-        if status != 400 || self.replied || self.overflow_checked {
+        if status != 400 || self.replied || self.overflow_checked || self.mode != super::Mode::Attempts {
             return false;
         }
         self.overflow_checked = true;

@@ -487,14 +487,29 @@ fn a_context_overflow_goes_only_to_a_larger_window_of_another_model() {
             {"name":"claude_vertex","cluster":"c2","api":"vertex","vertex":{"project":"p","region":"r"},"context_window":1000000},
             {"name":"small_gpt","cluster":"c3","api":"openai","context_window":128000,"models":{"claude-opus-4-6":"gpt-4o"}},
             {"name":"big_gpt","cluster":"c4","api":"openai","context_window":1000000,"models":{"claude-opus-4-6":"gpt-4.1"}}],
-          "chains":[{"match":{"path_prefix":"/v1/messages"},"providers":["claude","claude_vertex","small_gpt","big_gpt"]}]}"#;
+          "chains":[{"match":{"path_prefix":"/v1/messages"},"providers":["claude","claude_vertex","small_gpt","big_gpt"],
+                     "deadlines":{"first_token_ms":1000}}]}"#;
     let cfg = config::parse(json.as_bytes(), |_| None).unwrap();
     let h = headers(&[]);
     let head = RequestHead { headers: &h, end_of_stream: false };
     let mut health = MemHealth::new(cfg.providers.len(), &cfg.breaker);
     let mut budget = MemBudget::new(&cfg.retry_budget);
+    // One-attempt installs never hold a response (it would hang without
+    // allow_on_headers_stop_iteration).
     let mut ex = Exchange::new(&cfg, 0, &head, false, 0, 1);
     ex.on_request_body(&cfg, &head, BODY.to_vec(), &mut health, &mut budget);
+    assert!(!ex.holds_for_overflow(&cfg, 400));
+    let start = |ex: &mut Exchange, health: &mut MemHealth, budget: &mut MemBudget| {
+        ex.on_request_headers(&cfg, &head, health);
+        ex.on_request_body(&cfg, &head, BODY.to_vec(), health, budget);
+        let current = |_: &str| None;
+        assert!(matches!(
+            ex.start_attempt(&cfg, 1, Some("claude"), &current, health, budget, 0, true),
+            Start::Go { .. }
+        ));
+    };
+    let mut ex = Exchange::new(&cfg, 0, &head, true, 0, 1);
+    start(&mut ex, &mut health, &mut budget);
     budget.count_request(0);
     assert!(ex.holds_for_overflow(&cfg, 400));
     assert!(!ex.holds_for_overflow(&cfg, 400), "looked at once");
@@ -505,8 +520,8 @@ fn a_context_overflow_goes_only_to_a_larger_window_of_another_model() {
     let body: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
     assert_eq!(body["model"], "gpt-4.1");
     // Another 400 is the client's own.
-    let mut ex = Exchange::new(&cfg, 0, &head, false, 0, 1);
-    ex.on_request_body(&cfg, &head, BODY.to_vec(), &mut health, &mut budget);
+    let mut ex = Exchange::new(&cfg, 0, &head, true, 0, 1);
+    start(&mut ex, &mut health, &mut budget);
     let bad = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
     assert!(ex.holds_for_overflow(&cfg, 400));
     assert_eq!(ex.overflow_start(&cfg, bad, &h, &mut health, &mut budget, 10), OverflowStep::Pass);

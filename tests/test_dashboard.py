@@ -154,9 +154,13 @@ def test_dashboard_shape():
 
 
 def generate_traffic(s: Stack) -> None:
-    """A stream and a JSON answer from the primary, a failover, degraded answers of both kinds."""
+    """A stream and a JSON answer from the primary, a broken stream continued, a failover,
+    degraded answers of both kinds."""
     r = s.post(dict(MESSAGE_BODY, stream=True))
     assert r.status_code == 200 and r.headers["x-llm-provider"] == "primary"
+    s.fault("primary", "stream_error", after_deltas=2, count=1)
+    r = s.post(dict(MESSAGE_BODY, stream=True))
+    assert r.headers["x-llm-provider"] == "primary" and "message_stop" in r.text, r.text
     assert s.post().headers["x-llm-provider"] == "primary"
     s.fault("primary", "529")
     s.fault("fallback", "500", count=1)

@@ -36,10 +36,29 @@ $(TOOLS)/bin/envoy: $(VENV)/.installed
 envoy: $(if $(filter $(TOOLS)/bin/envoy,$(ENVOY)),$(TOOLS)/bin/envoy)
 tools: $(TOOLS)/.wasm-target $(VENV)/.installed envoy
 
+## wasm-opt (Binaryen, from npm into .tools/binaryen) shrinks the module after cargo: -Oz, with
+## the Wasm features rustc's wasm32-wasip1 output uses. WASM_OPT= (empty) skips it.
+BINARYEN_VERSION ?= 132.0.0
+WASM_OPT ?= $(TOOLS)/binaryen/node_modules/binaryen/bin/wasm-opt
+WASM_OPT_FLAGS ?= -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
+WASM_OPT_DEP := $(if $(WASM_OPT),$(if $(shell command -v npm),$(TOOLS)/binaryen/.installed))
+
+$(TOOLS)/binaryen/.installed:
+	@mkdir -p $(TOOLS)/binaryen
+	cd $(TOOLS)/binaryen && npm install --silent --no-audit --no-fund binaryen@$(BINARYEN_VERSION)
+	@touch $@
+
 ## build: the release Wasm module (installs the wasm32-wasip1 target if missing)
-build: $(TOOLS)/.wasm-target
+build: $(TOOLS)/.wasm-target $(WASM_OPT_DEP)
 	cargo build --release --target $(TARGET)
+	@if [ ! -x "$(WASM_OPT)" ]; then echo "wasm-opt not installed (no npm): the module is not size-optimized"; \
+	elif cmp -s $(WASM) $(WASM).src && [ -f $(WASM).opt ]; then rm -f $(WASM) && cp $(WASM).opt $(WASM); \
+	elif ! cmp -s $(WASM) $(WASM).opt; then \
+	  echo "wasm-opt $(WASM_OPT_FLAGS)"; \
+	  cp $(WASM) $(WASM).src && $(WASM_OPT) $(WASM_OPT_FLAGS) $(WASM).src -o $(WASM).opt && rm -f $(WASM) && cp $(WASM).opt $(WASM); \
+	fi
 	@ls -l $(WASM) | awk '{print "module: " $$NF " (" $$5 " bytes)"}'
+
 
 ## test: native unit tests of the pure core, then end-to-end tests in a real Envoy
 test: test-unit test-e2e

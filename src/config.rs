@@ -7,6 +7,8 @@
 //! `vm_config.environment_variables`).
 
 use serde::Deserialize;
+
+mod json_path;
 use std::fmt;
 
 /// The wire API a provider speaks.
@@ -732,10 +734,14 @@ pub fn parse(json: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Config
         return Err(err("(root)", "the configuration is empty; expected a JSON object with `providers` and `chains`"));
     }
     let de = &mut serde_json::Deserializer::from_slice(json);
-    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path.is_empty() || path == "." || path == "?" { "(root)".to_string() } else { path };
-        err(field, e.into_inner().to_string())
+    let raw: RawConfig = serde::Deserialize::deserialize(de).map_err(|e: serde_json::Error| {
+        let path = if e.is_syntax() || e.is_eof() {
+            String::new()
+        } else {
+            json_path::path_at(json, json_path::offset(json, e.line(), e.column()))
+        };
+        let field = if path.is_empty() { "(root)".to_string() } else { path };
+        err(field, e.to_string())
     })?;
     validate(raw, &env)
 }

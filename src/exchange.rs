@@ -528,6 +528,14 @@ impl Exchange {
         self.body.extend_from_slice(chunk);
     }
 
+    /// The request turned out not to stream: no copy of its body is needed.
+    pub fn drop_body_copy(&mut self) {
+        if !self.body_read {
+            self.body = Vec::new();
+            self.body_over = true;
+        }
+    }
+
     /// Does this request keep a copy of its body as it flows (single mode with continuation)?
     pub fn keeps_body(&self, cfg: &Config) -> bool {
         self.mode == Mode::Single

@@ -528,3 +528,75 @@ mod tests {
         assert_eq!(translate_json(Api::Anthropic, ClientApi::Anthropic, 400, a, 0), None);
     }
 }
+
+#[cfg(test)]
+mod kept_properties {
+    //! Whatever the chunking, a kept stream that breaks gives the client whole events only, and
+    //! what it got plus the held-back error is exactly the stream up to and including the break.
+    use super::*;
+    use crate::continuation::Transcript;
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    fn anthropic(deltas: usize, error: bool) -> (String, String) {
+        let mut s = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"x\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+        let mut text = String::new();
+        for i in 0..deltas {
+            let t = format!(" w{i}");
+            text.push_str(&t);
+            s.push_str(&format!(
+                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{t}\"}}}}\n\n"
+            ));
+        }
+        if error {
+            s.push_str("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
+        }
+        (s, text)
+    }
+
+    #[test]
+    fn any_chunking_gives_whole_events_and_the_text_so_far() {
+        let mut seed = 7u64;
+        for case in 0..300 {
+            let deltas = 1 + (case % 9);
+            let error = case % 2 == 0;
+            let (stream, text) = anthropic(deltas, error);
+            let bytes = stream.as_bytes();
+            for client in [ClientApi::Anthropic, ClientApi::OpenAi] {
+                let mut p = StreamPipeline::new(Api::Anthropic, false, client, false, 0, 0);
+                p.keep_for_continuation(1 << 20);
+                let mut out = Vec::new();
+                let mut i = 0;
+                while i < bytes.len() {
+                    let n = 1 + (lcg(&mut seed) as usize % 40);
+                    let end = (i + n).min(bytes.len());
+                    let chunk = &bytes[i..end];
+                    let last = end == bytes.len();
+                    match p.feed(chunk, last) {
+                        Some(o) => out.extend_from_slice(o),
+                        None => out.extend_from_slice(chunk),
+                    }
+                    // Whole events only, at every step.
+                    assert!(
+                        out.is_empty() || out.ends_with(b"\n\n"),
+                        "case {case}: {:?}",
+                        String::from_utf8_lossy(&out)
+                    );
+                    i = end;
+                }
+                let (sent, tail) = p.cut().unwrap_or_else(|| panic!("case {case}: a break"));
+                assert_eq!(sent.unwrap(), out.as_slice(), "case {case}: what was kept is what was sent");
+                assert!(tail.ends_with(b"\n\n") && !tail.is_empty());
+                let t = Transcript::read(client, &out);
+                assert_eq!(t.text, text, "case {case} {client:?}");
+                assert!(t.continuable().is_ok());
+                assert_eq!(t.deltas, deltas as u64);
+                let raw = String::from_utf8_lossy(&out);
+                assert!(!raw.contains("error"), "case {case}: the error is held back: {raw}");
+            }
+        }
+    }
+}

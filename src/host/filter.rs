@@ -389,7 +389,8 @@ impl HttpContext for Filter {
             self.held = None;
             return self.apply(step, body_size);
         }
-        let keep = ex.borrow().keeps_body(&cfg);
+        // Only a stream can be continued: once the body says it is none, nothing more is kept.
+        let keep = ex.borrow().keeps_body(&cfg) && self.peek.as_ref().is_some_and(|p| !p.done() || p.stream());
         if let Some(peek) = self.peek.as_mut() {
             if body_size > 0 && (keep || !peek.done()) {
                 if let Ok(Some(chunk)) = abi::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
@@ -404,9 +405,12 @@ impl HttpContext for Filter {
                             .map_or(8 << 20, |f| f.max_replay_bytes);
                         ex.borrow_mut().keep_body_chunk(&chunk, usize::try_from(limit).unwrap_or(usize::MAX));
                     }
+                    if keep && peek.done() && !peek.stream() {
+                        ex.borrow_mut().drop_body_copy();
+                    }
                 }
             }
-            if (peek.done() && !keep) || end_of_stream {
+            if (peek.done() && !ex.borrow().keeps_body(&cfg)) || end_of_stream {
                 let (model, stream) = (peek.model(), peek.stream());
                 ex.borrow_mut().learn_model(model, stream);
                 self.peek = None;

@@ -109,6 +109,7 @@ lint: $(TOOLS)/.wasm-target
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) -- -D warnings
+	cargo clippy --release --target $(TARGET) --features host-call-stats -- -D warnings
 
 fmt:
 	cargo fmt
@@ -120,6 +121,7 @@ bench: build tools wrk
 	cargo build --release -p bench-upstream
 	cargo build --release --target $(TARGET) -p noop-filter
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/run.py --host-calls
 	$(MAKE) bench-micro
 
 ## bench-peers: the same load against LiteLLM proxy and Portkey gateway (installed into .tools/)

@@ -168,7 +168,7 @@ def envoy_config(listen: int, admin: int, primary_port: int, fallback_port: int,
     if fallback_api:
         match = {"prefix": "/", "headers": [{"name": "x-llm-failover-cluster", "present_match": True}]}
     http_filters = []
-    if with_filter and module == WASM:
+    if with_filter and module != NOOP_WASM:
         route["cluster_header"] = "x-llm-failover-cluster"
     else:
         route["cluster"] = "primary"

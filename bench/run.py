@@ -23,6 +23,7 @@ Usage: python bench/run.py [--seconds N] [--rate R] [--long-seconds N]
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import re
 import subprocess
@@ -65,7 +66,8 @@ ANSWER_TEXT = " ".join(["The quick brown fox jumps over the lazy dog."] * 18)
 STREAM_TEXT = "".join(f"token {i} of the streamed answer " for i in range(44))
 
 
-def start_scenario(name: str, tmp: Path, ups: Upstreams, concurrency: int = 1, pin: bool = True) -> EnvoyUnderTest:
+def start_scenario(name: str, tmp: Path, ups: Upstreams, concurrency: int = 1, pin: bool = True,
+                   module: Path | None = None) -> EnvoyUnderTest:
     primary = ups.failing_port if name in ("reroute", "degraded", *TRANSLATED) else ups.healthy_port
     fallback = ups.failing_port if name == "degraded" else ups.healthy_port
     if name in TRANSLATED:
@@ -73,7 +75,7 @@ def start_scenario(name: str, tmp: Path, ups: Upstreams, concurrency: int = 1, p
             raise RuntimeError(f"scenario {name} needs Upstreams(translated=True)")
         fallback = ups.api_ports[name]
     cfg = envoy_config(free_port(), free_port(), primary, fallback, with_filter=name != "plain",
-                       module=NOOP_WASM if name == "empty" else WASM,
+                       module=NOOP_WASM if name == "empty" else (module or WASM),
                        fallback_api=name if name in TRANSLATED else None)
     env = EnvoyUnderTest(tmp, cfg, concurrency=concurrency, pin=pin)
     # Trip the breakers the scenario needs, then check it is what it claims to be.
@@ -171,9 +173,13 @@ def main() -> int:
     ap.add_argument("--micro", action="store_true", help="run the native micro-benchmarks instead (RESULTS.md `micro`)")
     ap.add_argument("--micro-args", default="", help="extra criterion arguments for --micro, e.g. \"--quick\"")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
+    ap.add_argument("--host-calls", action="store_true",
+                    help="only count the host calls per request of each scenario (RESULTS.md `host_calls`)")
     args = ap.parse_args()
     if args.micro:
         return micro(args.micro_args.split(), write=not args.no_write)
+    if args.host_calls:
+        return host_calls(write=not args.no_write)
     only = [n for n in args.only.split(",") if n]
     unknown = [n for n in only if n not in SCENARIOS]
     if unknown:
@@ -372,6 +378,70 @@ def translation_lines(sat: dict, answer_bytes: dict) -> list[str]:
             lines.append(f"| {name} | {'SSE' if stream else 'JSON'} | {host:,} | {client:,} | {us:.1f} | {added:+.1f} | "
                          f"{per_kb} | {stream_share} |")
     return lines
+
+
+COUNTED_WASM = ROOT / "target" / "host-call-stats" / "wasm32-wasip1" / "release" / "llm_failover.wasm"
+HOST_CALL_PREFIX = "wasmcustom.llm_failover.debug.host_calls.fn."
+
+
+def host_calls(write: bool = True, requests: int = 200) -> int:
+    """Host calls per request on each path, from a build of the module that counts them (feature
+    `host-call-stats`, built into target/host-call-stats): every scenario with the filter, JSON
+    and SSE, `requests` sequential requests each after the scenario's warm-up; the counters are
+    read from Envoy's stats. Writes RESULTS.md's `host_calls` section."""
+    subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--features", "host-call-stats"],
+                   cwd=ROOT, check=True, env={**os.environ, "CARGO_TARGET_DIR": str(ROOT / "target" / "host-call-stats")})
+    tmp = temp_dir()
+    ups = Upstreams(tmp, translated=True).start()
+    rows = []
+    try:
+        for name in SCENARIOS:
+            if name in ("plain", "empty"):
+                continue
+            env = start_scenario(name, tmp, ups, module=COUNTED_WASM)
+            try:
+                for stream in (False, True):
+                    for _ in range(20):
+                        post(env.url, stream)
+                    before = env.stats()
+                    for _ in range(requests):
+                        post(env.url, stream)
+                    # The last request's end (on_log) flushes its counts.
+                    after = env.stats()
+                    per = {k[len(HOST_CALL_PREFIX):]: (after.get(k, 0) - before.get(k, 0)) / requests
+                           for k in after if k.startswith(HOST_CALL_PREFIX)}
+                    per = {k: v for k, v in per.items() if v > 0}
+                    rows.append((name, stream, per))
+                    print(f"{name:9} {'sse ' if stream else 'json'}  {sum(per.values()):5.1f} host calls per request, "
+                          f"{len(per)} distinct: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1])),
+                          flush=True)
+            finally:
+                env.stop()
+    finally:
+        ups.stop()
+    lines = [
+        "<!-- section:host_calls (written by `make bench`; do not edit) -->",
+        "## Host calls per request",
+        "",
+        f"Counted by a build with the `host-call-stats` feature (`python bench/run.py --host-calls`): "
+        f"{requests} sequential requests per row after a warm-up, the same scenarios and upstream as above. "
+        "WASI `random_get` and the SDK's `dispatch_http_call` are counted with the proxy-wasm calls. "
+        "The counters' own flush is not counted.",
+        "",
+        "| scenario | answer | host calls per request | distinct functions | by function (per request) |",
+        "|---|---|---:|---:|---|",
+    ]
+    for name, stream, per in rows:
+        by = ", ".join(f"`{k}` {v:.1f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
+        lines.append(f"| {SCENARIOS[name]} | {'SSE' if stream else 'JSON'} | {sum(per.values()):.1f} | {len(per)} | {by} |")
+    lines.append("<!-- end:host_calls -->")
+    text = "\n".join(lines)
+    if write:
+        write_section(RESULTS, "host_calls", text)
+        print(f"\nwrote {RESULTS.relative_to(ROOT)} (section host_calls)")
+    else:
+        print(text)
+    return 0
 
 
 def micro(criterion_args: list[str], write: bool = True) -> int:

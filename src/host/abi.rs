@@ -19,6 +19,85 @@ pub use proxy_wasm::types::Status;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
 use std::ptr::{null, null_mut};
 
+/// How many times each host function is called (only in a build with the `host-call-stats`
+/// feature, which `make bench` uses to print host calls per request; a no-op otherwise).
+pub mod tally {
+    #[derive(Clone, Copy)]
+    pub enum HostFn {
+        Log,
+        GetLogLevel,
+        GetCurrentTimeNs,
+        SetTickPeriodMs,
+        GetMap,
+        GetMapValue,
+        SetMapValue,
+        GetBuffer,
+        SetBuffer,
+        GetProperty,
+        SetProperty,
+        SendLocalResponse,
+        CloseStream,
+        ContinueStream,
+        SetEffectiveContext,
+        GetSharedData,
+        SetSharedData,
+        DefineMetric,
+        IncrementMetric,
+        RecordMetric,
+        CallForeignFunction,
+        RandomGet,
+        DispatchHttpCall,
+    }
+
+    #[cfg(feature = "host-call-stats")]
+    pub const NAMES: [&str; 23] = [
+        "log",
+        "get_log_level",
+        "get_current_time_ns",
+        "set_tick_period_ms",
+        "get_map",
+        "get_map_value",
+        "set_map_value",
+        "get_buffer",
+        "set_buffer",
+        "get_property",
+        "set_property",
+        "send_local_response",
+        "close_stream",
+        "continue_stream",
+        "set_effective_context",
+        "get_shared_data",
+        "set_shared_data",
+        "define_metric",
+        "increment_metric",
+        "record_metric",
+        "call_foreign_function",
+        "random_get",
+        "dispatch_http_call",
+    ];
+
+    #[cfg(feature = "host-call-stats")]
+    thread_local! {
+        static COUNTS: std::cell::RefCell<[u64; 23]> = const { std::cell::RefCell::new([0; 23]) };
+    }
+
+    #[inline(always)]
+    pub fn count(_f: HostFn) {
+        #[cfg(feature = "host-call-stats")]
+        COUNTS.with(|c| {
+            if let Some(n) = c.borrow_mut().get_mut(_f as usize) {
+                *n += 1;
+            }
+        });
+    }
+
+    /// The counts since the last call (by [`NAMES`] index), reset.
+    #[cfg(feature = "host-call-stats")]
+    pub fn take() -> [u64; 23] {
+        COUNTS.with(|c| std::mem::take(&mut *c.borrow_mut()))
+    }
+}
+
 /// The result of a host call: the host's status on failure.
 pub type Result<T> = std::result::Result<T, Status>;
 
@@ -132,12 +211,14 @@ extern "C" {
 
 /// Writes `message` to the host log at `level` (the `log` crate's macros go through the SDK).
 pub fn log(level: LogLevel, message: &str) -> Result<()> {
+    tally::count(tally::HostFn::Log);
     // SAFETY: pointer and length of a live string; the host copies it during the call.
     check(unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) })
 }
 
 /// The host's log level for this plugin (0 trace ... 5 critical).
 pub fn get_log_level() -> Result<u32> {
+    tally::count(tally::HostFn::GetLogLevel);
     let mut level: u32 = 0;
     // SAFETY: `level` is a live, writable u32 for the duration of the call.
     check(unsafe { proxy_get_log_level(&mut level) })?;
@@ -146,6 +227,7 @@ pub fn get_log_level() -> Result<u32> {
 
 /// Nanoseconds since the Unix epoch, from the host clock.
 pub fn get_current_time_ns() -> Result<u64> {
+    tally::count(tally::HostFn::GetCurrentTimeNs);
     let mut ns: u64 = 0;
     // SAFETY: `ns` is a live, writable u64 for the duration of the call.
     check(unsafe { proxy_get_current_time_nanoseconds(&mut ns) })?;
@@ -154,6 +236,7 @@ pub fn get_current_time_ns() -> Result<u64> {
 
 /// Sets the root context's tick period in milliseconds (0 stops the ticks).
 pub fn set_tick_period_ms(ms: u32) -> Result<()> {
+    tally::count(tally::HostFn::SetTickPeriodMs);
     // SAFETY: plain value argument.
     check(unsafe { proxy_set_tick_period_milliseconds(ms) })
 }
@@ -164,6 +247,7 @@ pub fn set_tick_period_ms(ms: u32) -> Result<()> {
 
 /// All pairs of a header map in one host call; keys lossily UTF-8, values as bytes.
 pub fn get_map(map: MapType) -> Result<Vec<(String, Vec<u8>)>> {
+    tally::count(tally::HostFn::GetMap);
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     // SAFETY: `data` and `size` are live, writable out-parameters for the duration of the call.
@@ -176,6 +260,7 @@ pub fn get_map(map: MapType) -> Result<Vec<(String, Vec<u8>)>> {
 
 /// The value of header `key`; `None` when the map has no such header.
 pub fn get_map_value(map: MapType, key: &str) -> Result<Option<Vec<u8>>> {
+    tally::count(tally::HostFn::GetMapValue);
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     // SAFETY: `key` is a live string the host reads during the call; `data` and `size` are live,
@@ -187,6 +272,7 @@ pub fn get_map_value(map: MapType, key: &str) -> Result<Option<Vec<u8>>> {
 
 /// Sets header `key` to `value` (replacing all its values), or removes it when `value` is `None`.
 pub fn set_map_value(map: MapType, key: &str, value: Option<&[u8]>) -> Result<()> {
+    tally::count(tally::HostFn::SetMapValue);
     let code = match value {
         // SAFETY: pointers and lengths of live slices; the host copies them during the call.
         Some(v) => unsafe { proxy_replace_header_map_value(map as u32, key.as_ptr(), key.len(), v.as_ptr(), v.len()) },
@@ -202,6 +288,7 @@ pub fn set_map_value(map: MapType, key: &str, value: Option<&[u8]>) -> Result<()
 
 /// Up to `max_size` bytes of a buffer from `start`; `None` when the host has no such buffer.
 pub fn get_buffer(buffer_type: BufferType, start: usize, max_size: usize) -> Result<Option<Vec<u8>>> {
+    tally::count(tally::HostFn::GetBuffer);
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     // SAFETY: `data` and `size` are live, writable out-parameters for the duration of the call.
@@ -212,6 +299,7 @@ pub fn get_buffer(buffer_type: BufferType, start: usize, max_size: usize) -> Res
 
 /// Replaces `size` bytes of a buffer from `start` with `value`.
 pub fn set_buffer(buffer_type: BufferType, start: usize, size: usize, value: &[u8]) -> Result<()> {
+    tally::count(tally::HostFn::SetBuffer);
     // SAFETY: pointer and length of a live slice; the host copies it during the call.
     check(unsafe { proxy_set_buffer_bytes(buffer_type as u32, start, size, value.as_ptr(), value.len()) })
 }
@@ -222,6 +310,7 @@ pub fn set_buffer(buffer_type: BufferType, start: usize, size: usize, value: &[u
 
 /// The value of the property at `path`; `None` when the host has no such property.
 pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>> {
+    tally::count(tally::HostFn::GetProperty);
     let serialized = serialize_path(path);
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
@@ -234,6 +323,7 @@ pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>> {
 
 /// Sets the property at `path` to `value` (`None` passes no value, as the SDK does).
 pub fn set_property(path: &[&str], value: Option<&[u8]>) -> Result<()> {
+    tally::count(tally::HostFn::SetProperty);
     let serialized = serialize_path(path);
     let (value_ptr, value_len) = value.map_or((null(), 0), |v| (v.as_ptr(), v.len()));
     // SAFETY: pointers and lengths of live buffers (or null with length 0); the host copies them.
@@ -246,6 +336,7 @@ pub fn set_property(path: &[&str], value: Option<&[u8]>) -> Result<()> {
 
 /// Sends a local reply instead of the upstream's (gRPC status -1: a plain HTTP reply).
 pub fn send_local_response(status_code: u32, headers: &[(&str, &str)], body: &[u8], details: &str) -> Result<()> {
+    tally::count(tally::HostFn::SendLocalResponse);
     let serialized = serialize_map(headers)?;
     let (details_ptr, details_len) = if details.is_empty() { (null(), 0) } else { (details.as_ptr(), details.len()) };
     // SAFETY: pointers and lengths of live buffers (or null with length 0); the host copies them.
@@ -265,18 +356,21 @@ pub fn send_local_response(status_code: u32, headers: &[(&str, &str)], body: &[u
 
 /// Closes (resets) a stream.
 pub fn close_stream(stream: StreamType) -> Result<()> {
+    tally::count(tally::HostFn::CloseStream);
     // SAFETY: plain value argument.
     check(unsafe { proxy_close_stream(stream as u32) })
 }
 
 /// Resumes a paused stream.
 pub fn continue_stream(stream: StreamType) -> Result<()> {
+    tally::count(tally::HostFn::ContinueStream);
     // SAFETY: plain value argument.
     check(unsafe { proxy_continue_stream(stream as u32) })
 }
 
 /// Makes `context_id` the context later host calls act on (e.g. from the root's tick).
 pub fn set_effective_context(context_id: u32) -> Result<()> {
+    tally::count(tally::HostFn::SetEffectiveContext);
     // SAFETY: plain value argument.
     check(unsafe { proxy_set_effective_context(context_id) })
 }
@@ -287,6 +381,7 @@ pub fn set_effective_context(context_id: u32) -> Result<()> {
 
 /// The shared value under `key` and its CAS token; `(None, None)` when there is none.
 pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>)> {
+    tally::count(tally::HostFn::GetSharedData);
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
     let mut cas: u32 = 0;
@@ -306,6 +401,7 @@ pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>)> {
 
 /// Stores `value` under `key`; with `cas`, only if unchanged since read (else `CasMismatch`).
 pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<()> {
+    tally::count(tally::HostFn::SetSharedData);
     // SAFETY: pointers and lengths of live slices; the host copies them during the call.
     check(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) })
 }
@@ -316,6 +412,7 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<()> 
 
 /// Defines (or finds) the metric `name` of `kind`; returns its id.
 pub fn define_metric(kind: MetricType, name: &str) -> Result<u32> {
+    tally::count(tally::HostFn::DefineMetric);
     let mut id: u32 = 0;
     // SAFETY: `name` is a live string the host reads during the call; `id` is a live, writable
     // out-parameter.
@@ -325,12 +422,14 @@ pub fn define_metric(kind: MetricType, name: &str) -> Result<u32> {
 
 /// Adds `offset` (may be negative, for gauges) to metric `id`.
 pub fn increment_metric(id: u32, offset: i64) -> Result<()> {
+    tally::count(tally::HostFn::IncrementMetric);
     // SAFETY: plain value arguments.
     check(unsafe { proxy_increment_metric(id, offset) })
 }
 
 /// Sets a gauge or records a histogram sample for metric `id`.
 pub fn record_metric(id: u32, value: u64) -> Result<()> {
+    tally::count(tally::HostFn::RecordMetric);
     // SAFETY: plain value arguments.
     check(unsafe { proxy_record_metric(id, value) })
 }
@@ -341,6 +440,7 @@ pub fn record_metric(id: u32, value: u64) -> Result<()> {
 
 /// Calls the host's foreign function `name` (e.g. Envoy's `clear_route_cache`) with `args`.
 pub fn call_foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>> {
+    tally::count(tally::HostFn::CallForeignFunction);
     let (args_ptr, args_len) = if args.is_empty() { (null(), 0) } else { (args.as_ptr(), args.len()) };
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;

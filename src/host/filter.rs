@@ -70,6 +70,7 @@ impl Filter {
                     let headers: Vec<(&str, &str)> =
                         spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                     let timeout = std::time::Duration::from_millis(spec.timeout_ms);
+                    abi::tally::count(abi::tally::HostFn::DispatchHttpCall);
                     match self.dispatch_http_call(&spec.cluster, headers, Some(&spec.body), vec![], timeout) {
                         Ok(token) => {
                             self.resume_call = Some(token);
@@ -113,6 +114,7 @@ impl Filter {
             OverflowStep::Call(spec) => {
                 let headers: Vec<(&str, &str)> = spec.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 let timeout = std::time::Duration::from_millis(spec.timeout_ms);
+                abi::tally::count(abi::tally::HostFn::DispatchHttpCall);
                 match self.dispatch_http_call(&spec.cluster, headers, Some(&spec.body), vec![], timeout) {
                     Ok(token) => {
                         self.overflow_call = Some(token);
@@ -578,5 +580,7 @@ impl HttpContext for Filter {
         for (name, value) in record.fields() {
             let _ = abi::set_property(&[name], Some(value.as_bytes()));
         }
+        #[cfg(feature = "host-call-stats")]
+        metrics::flush_host_calls();
     }
 }

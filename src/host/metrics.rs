@@ -188,3 +188,16 @@ pub fn report_memory() {
         gauge_add("llm_failover.wasm_memory_bytes".to_string(), i64::try_from(now - before).unwrap_or(0));
     }
 }
+
+/// With the `host-call-stats` feature: the host calls made since the last flush, as counters
+/// `llm_failover.debug.host_calls.fn.<name>` (the flush's own calls are not counted).
+#[cfg(feature = "host-call-stats")]
+pub fn flush_host_calls() {
+    let counts = abi::tally::take();
+    for (name, n) in abi::tally::NAMES.iter().zip(counts) {
+        if n > 0 {
+            counter(format!("llm_failover.debug.host_calls.fn.{name}"), n);
+        }
+    }
+    let _ = abi::tally::take();
+}

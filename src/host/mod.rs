@@ -81,10 +81,13 @@ pub fn now_ms() -> u64 {
 
 /// A random u32 from WASI `random_get`; a fixed midpoint if the host cannot give one.
 pub fn random_u32() -> u32 {
+    abi::tally::count(abi::tally::HostFn::RandomGet);
     getrandom::u32().unwrap_or(u32::MAX / 2)
 }
 
 /// A random u64 (ids of answers the filter writes).
 pub fn random_u64() -> u64 {
-    (u64::from(random_u32()) << 32) | u64::from(random_u32())
+    // One WASI call for the eight bytes.
+    abi::tally::count(abi::tally::HostFn::RandomGet);
+    getrandom::u64().unwrap_or(u64::MAX / 2)
 }

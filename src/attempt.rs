@@ -420,7 +420,7 @@ impl Attempt {
     /// call, else this chunk. `end`: the body is complete.
     pub fn on_response_body(&mut self, data: &[u8], end: bool, now_ms: u64) -> BodyStep {
         let pass = BodyStep::Continue { headers: HeaderEdits::new(), body: None };
-        if !data.is_empty() {
+        if !data.is_empty() && now_ms > 0 {
             self.last_activity_ms = now_ms;
         }
         if end {
@@ -611,6 +611,26 @@ impl Attempt {
         }
     }
 
+    /// Does [`Attempt::on_response_body`] use the time for this chunk (`end`: the last)? When not,
+    /// the host need not read the clock and passes 0.
+    pub fn reads_clock(&self, end: bool) -> bool {
+        match self.phase {
+            Phase::HoldingStream => true,
+            // The time of the last activity matters only for a stall deadline.
+            Phase::Streaming => self.setup.stall_ms.is_some(),
+            Phase::BufferingJson => end,
+            _ => false,
+        }
+    }
+
+    /// Is the outcome decided whatever Envoy says of the request's end (its response flags,
+    /// a transport failure)? Then the host need not read them.
+    pub fn settled(&self) -> bool {
+        (self.body_ended && self.outcome.is_some())
+            || (self.phase == Phase::Streaming
+                && self.pipeline.as_ref().is_some_and(|p| p.terminal_seen() && !p.failed()))
+    }
+
     /// The outcome so far (None while undecided).
     pub fn outcome(&self) -> Option<Outcome> {
         self.outcome
@@ -713,6 +733,7 @@ mod tests {
         assert_eq!(a.first_content_ms, Some(30));
         // Then chunks flow as they come.
         assert_eq!(a.on_response_body(END.as_bytes(), true, 40), BodyStep::Continue { headers: vec![], body: None });
+        assert!(a.settled());
         let s = a.finish(41, 0, false);
         assert_eq!(s.outcome, Outcome::Success);
         assert_eq!((s.input_tokens, s.output_tokens), (Some(12), Some(5)));

@@ -436,7 +436,11 @@ impl HttpContext for Filter {
         // watched each attempt); single mode reads what its attempt needs.
         let details = || property_string(&["response", "code_details"]);
         let headers = if ex.watches_the_answer() {
-            ResponseHeaders::read(&response_header, &details)
+            // One host call for the map rather than one per header read.
+            let map = abi::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
+            let lookup =
+                |name: &str| map.iter().find(|(k, _)| k == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok());
+            ResponseHeaders::read(&lookup, &details)
         } else {
             let status = response_header(":status").and_then(|s| s.trim().parse::<u16>().ok()).unwrap_or(0);
             let ok = (200..300).contains(&status);
@@ -487,7 +491,8 @@ impl HttpContext for Filter {
                     .unwrap_or_default(),
                 _ => Vec::new(),
             };
-            action = match a.on_response_body(&data, end_of_stream, now_ms()) {
+            let now = if a.reads_clock(end_of_stream) { now_ms() } else { 0 };
+            action = match a.on_response_body(&data, end_of_stream, now) {
                 BodyStep::Continue { headers, body } => {
                     apply_edits(MapType::HttpResponseHeaders, &headers);
                     if let Some(b) = body {
@@ -545,10 +550,16 @@ impl HttpContext for Filter {
         let mut ex = ex.borrow_mut();
         let now = now_ms();
         if let Some(mut a) = ex.single.take() {
-            let flags = property_u64(&["response", "flags"]).unwrap_or(0);
-            let details = property_string(&["response", "code_details"]);
-            let transport =
-                details.as_deref().is_some_and(|d| d.contains("connection_failure") || d.contains("connect_error"));
+            // A settled outcome does not depend on how Envoy ended the request: two reads saved.
+            let (flags, transport) = if a.settled() {
+                (0, false)
+            } else {
+                let details = property_string(&["response", "code_details"]);
+                (
+                    property_u64(&["response", "flags"]).unwrap_or(0),
+                    details.as_deref().is_some_and(|d| d.contains("connection_failure") || d.contains("connect_error")),
+                )
+            };
             let summary = a.finish(now, flags, transport);
             SharedHealth { cfg: &cfg }.record(summary.provider, summary.outcome, summary.probe, now);
             emit_attempt(&cfg, &summary);

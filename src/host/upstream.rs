@@ -7,7 +7,7 @@
 
 use super::filter::{apply_edits, emit_attempt, send};
 use super::health::{SharedBudget, SharedHealth};
-use super::props::{property, property_string, property_u64, response_header};
+use super::props::{property, property_string, property_u64};
 use super::registry::{self, SharedAttempt, SharedExchange, EXCHANGE_PROPERTY};
 use super::{abi, now_ms};
 use crate::attempt::{BodyStep, HeadStep, ResponseHeaders};
@@ -61,8 +61,15 @@ impl Upstream {
         let (Some(cfg), Some(ex), Some(a)) = (self.cfg.clone(), self.ex.clone(), self.attempt.take()) else { return };
         registry::clear_current(self.key, &a);
         let now = now_ms();
-        let flags = property_u64(&["response", "flags"]).unwrap_or(0);
-        let transport = property(&["upstream", "transport_failure_reason"]).is_some();
+        let settled = a.borrow().settled();
+        let (flags, transport) = if settled {
+            (0, false)
+        } else {
+            (
+                property_u64(&["response", "flags"]).unwrap_or(0),
+                property(&["upstream", "transport_failure_reason"]).is_some(),
+            )
+        };
         let summary = a.borrow_mut().finish(now, flags, transport);
         SharedHealth { cfg: &cfg }.record(summary.provider, summary.outcome, summary.probe, now);
         emit_attempt(&cfg, &summary);
@@ -148,7 +155,10 @@ impl HttpContext for Upstream {
             return Action::Continue;
         }
         let Some(a) = self.attempt.clone() else { return Action::Continue };
-        let headers = ResponseHeaders::read(&response_header, &|| None);
+        let map = abi::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
+        let lookup =
+            |name: &str| map.iter().find(|(k, _)| k == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok());
+        let headers = ResponseHeaders::read(&lookup, &|| None);
         let step = a.borrow_mut().on_response_headers(&headers.head(), now_ms());
         match step {
             HeadStep::Continue(edits) | HeadStep::Retry(edits) => {
@@ -174,7 +184,8 @@ impl HttpContext for Upstream {
             }
             _ => Vec::new(),
         };
-        let step = a.borrow_mut().on_response_body(&data, end_of_stream, now_ms());
+        let now = if a.borrow().reads_clock(end_of_stream) { now_ms() } else { 0 };
+        let step = a.borrow_mut().on_response_body(&data, end_of_stream, now);
         if let Some(cut) = a.borrow_mut().take_cut() {
             if let Some(ex) = &self.ex {
                 ex.borrow_mut().on_cut(cut);

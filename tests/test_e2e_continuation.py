@@ -427,7 +427,7 @@ def test_a_burst_of_broken_streams_is_continued():
               f"({100 * len(whole) / n:.0f} %), {len(raised)} ended with an SDK error, "
               f"{len(clean_partial)} clean but partial; p50 {ms(sorted(r.seconds for r in results)[n // 2])}")
         assert not clean_partial, "never a clean close that looks complete"
-        assert len(whole) == n
+        assert len(whole) == n, [r.error[:60] for r in raised] + [(a["status"], a.get("llm_degraded_reason"), a.get("llm_tried")) for a in access_log(s) if a.get("llm_continuation") != "spliced"]
         assert not s.wasm_failures()
 
 

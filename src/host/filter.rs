@@ -373,8 +373,9 @@ impl HttpContext for Filter {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let (Some(cfg), Some(ex)) = (self.cfg.clone(), self.ex.clone()) else { return Action::Continue };
         if let Some(headers) = self.held.as_ref() {
-            // The body flows: the tick need not answer for us.
+            // The body flows: the tick need not answer for us, nor for any other request.
             waiting::release(self.context_id);
+            waiting::body_flowed();
             // Envoy buffers the body while we pause; read it whole at the end.
             if !end_of_stream {
                 return Action::Pause;

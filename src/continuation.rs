@@ -708,3 +708,70 @@ mod tests {
         assert!(Continued::parse(ClientApi::OpenAi, b"not json").is_none());
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    //! Whatever the bytes, reading, parsing, deduplicating and splicing never panic, and the
+    //! fresh text is always a suffix of the continuation.
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    fn random_text(seed: &mut u64, alphabet: &[&str]) -> String {
+        let n = lcg(seed) as usize % 40;
+        (0..n).map(|_| alphabet[lcg(seed) as usize % alphabet.len()]).collect()
+    }
+
+    #[test]
+    fn random_inputs_never_panic() {
+        let mut seed = 11u64;
+        let pieces = [
+            "a",
+            "b",
+            " ",
+            "é",
+            "日本",
+            "\n",
+            "\"",
+            "{",
+            "}",
+            "event: ",
+            "data: ",
+            "\n\n",
+            "[DONE]",
+            "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}",
+            "{\"type\":\"message_start\",\"message\":{}}",
+            "{\"choices\":[{\"delta\":{\"content\":\"y\"}}]}",
+        ];
+        for _ in 0..2000 {
+            let bytes = random_text(&mut seed, &pieces);
+            for client in [ClientApi::Anthropic, ClientApi::OpenAi] {
+                let t = Transcript::read(client, bytes.as_bytes());
+                let _ = Continued::parse(client, bytes.as_bytes());
+                let c = Continued {
+                    text: random_text(&mut seed, &pieces),
+                    stop_reason: "end_turn".into(),
+                    ..Default::default()
+                };
+                let out = splice(&t, &c, true);
+                assert!(out.ends_with(b"\n\n"));
+            }
+            let partial = random_text(&mut seed, &["a", "é", " ", "日", "\n", "ab"]);
+            let cont = random_text(&mut seed, &["a", "é", " ", "日", "\n", "ab"]);
+            for form in [Form::Prefill, Form::Instruction] {
+                let fresh = fresh_text(&partial, &cont, form);
+                assert!(cont.ends_with(fresh), "{partial:?} {cont:?} -> {fresh:?}");
+            }
+            let _ = request_body(
+                ClientApi::Anthropic,
+                &serde_json::json!({"messages": [{"role": "assistant", "content": partial}]}),
+                &cont,
+                Form::Prefill,
+                3,
+            );
+        }
+    }
+}

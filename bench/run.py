@@ -51,7 +51,11 @@ SCENARIOS = {
     "vertex": "filter, failover to Vertex AI (request body rewritten)",
     "bedrock": "filter, failover to Bedrock (body rewritten, event-stream decoded)",
     "openai": "filter, failover to OpenAI (request and answer translated)",
+    "attempts": "filter with in-request failover (the demo's shape), first attempt answers",
+    "failover": "filter with in-request failover, first attempt 529, the second answers",
 }
+# Scenarios in the demo's shape: the upstream filter, an aggregate cluster, router retries.
+IN_REQUEST = ("attempts", "failover")
 # Failover to a host of another API format: the fallback is the upstream in that API's mode.
 TRANSLATED = ("vertex", "bedrock", "openai")
 
@@ -66,8 +70,38 @@ ANSWER_TEXT = " ".join(["The quick brown fox jumps over the lazy dog."] * 18)
 STREAM_TEXT = "".join(f"token {i} of the streamed answer " for i in range(44))
 
 
+def in_request_config(primary: int, fallback: int, module: Path) -> dict:
+    """envoy/demo.yaml (in-request failover, its deadlines) on the bench upstreams, with a breaker
+    that never opens (every request of `failover` meets the 529 and is replayed), a retry budget
+    out of the way and no access log (the other scenarios have none)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import stack  # noqa: E402  (the tests' config builder)
+
+    fc = stack.demo_filter_config()
+    fc["breaker"] = {**fc["breaker"], "consecutive_failures": 0, "min_requests": 1000000}
+    fc["retry_budget"] = {"ratio": 1.0, "min_per_s": 100000, "window_ms": 10000}
+    cfg = stack.build_envoy_config(fc, free_port(), free_port(), {"anthropic_primary": primary, "anthropic_fallback": fallback},
+                                   env={"FALLBACK_API_KEY": "bench-fallback-key"}, route_timeout="30s", idle_timeout="30s")
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm.pop("access_log", None)
+    text = json.dumps(cfg).replace(str(stack.WASM), str(module))
+    return json.loads(text)
+
+
 def start_scenario(name: str, tmp: Path, ups: Upstreams, concurrency: int = 1, pin: bool = True,
                    module: Path | None = None) -> EnvoyUnderTest:
+    if name in IN_REQUEST:
+        primary = ups.failing_port if name == "failover" else ups.healthy_port
+        env = EnvoyUnderTest(tmp, in_request_config(primary, ups.healthy_port, module or WASM),
+                             concurrency=concurrency, pin=pin)
+        env.answer_bytes = {}
+        for stream in (False, True):
+            status, headers, body = post(env.url, stream)
+            assert status == 200, (name, status, body[:200])
+            assert headers.get("x-llm-attempts") == ("2" if name == "failover" else "1"), (name, headers)
+            if stream:
+                assert body.rstrip().endswith(b'{"type":"message_stop"}'), (name, body[-200:])
+        return env
     primary = ups.failing_port if name in ("reroute", "degraded", *TRANSLATED) else ups.healthy_port
     fallback = ups.failing_port if name == "degraded" else ups.healthy_port
     if name in TRANSLATED:

@@ -202,6 +202,10 @@ pub struct Attempt {
     pub first_byte_ms: Option<u64>,
     pub first_content_ms: Option<u64>,
     last_activity_ms: u64,
+    /// Non-empty chunks so far, and as the last tick saw them: a streaming attempt's activity is
+    /// timed by the ticks, so no chunk needs a clock read of its own.
+    activity: u64,
+    ticked_activity: u64,
     /// The break of a kept stream, until the host takes it.
     cut: Option<StreamCut>,
 }
@@ -255,6 +259,8 @@ impl Attempt {
             first_byte_ms: None,
             first_content_ms: None,
             last_activity_ms: start,
+            activity: 0,
+            ticked_activity: 0,
             cut: None,
         }
     }
@@ -420,8 +426,11 @@ impl Attempt {
     /// call, else this chunk. `end`: the body is complete.
     pub fn on_response_body(&mut self, data: &[u8], end: bool, now_ms: u64) -> BodyStep {
         let pass = BodyStep::Continue { headers: HeaderEdits::new(), body: None };
-        if !data.is_empty() && now_ms > 0 {
-            self.last_activity_ms = now_ms;
+        if !data.is_empty() {
+            self.activity += 1;
+            if now_ms > 0 {
+                self.last_activity_ms = now_ms;
+            }
         }
         if end {
             self.body_ended = true;
@@ -536,6 +545,12 @@ impl Attempt {
         if self.body_ended || self.pipeline.as_ref().is_some_and(StreamPipeline::terminal_seen) {
             return false;
         }
+        if self.activity != self.ticked_activity {
+            // Chunks came since the last tick: active until now (within a tick).
+            self.ticked_activity = self.activity;
+            self.last_activity_ms = self.last_activity_ms.max(now_ms);
+            return false;
+        }
         if now_ms.saturating_sub(self.last_activity_ms) < stall {
             return false;
         }
@@ -616,8 +631,7 @@ impl Attempt {
     pub fn reads_clock(&self, end: bool) -> bool {
         match self.phase {
             Phase::HoldingStream => true,
-            // The time of the last activity matters only for a stall deadline.
-            Phase::Streaming => self.setup.stall_ms.is_some(),
+            // A stall is timed by the ticks ([`Attempt::on_tick`]).
             Phase::BufferingJson => end,
             _ => false,
         }
@@ -835,8 +849,10 @@ mod tests {
         let mut a = Attempt::new(setup(true, true));
         a.on_response_headers(&sse(), 10);
         a.on_response_body(format!("{START}{BLOCK}{DELTA}").as_bytes(), false, 20);
+        // Chunks came before this tick: the silence counts from it.
         assert!(!a.on_tick(300));
-        assert!(a.on_tick(521));
+        assert!(!a.on_tick(700));
+        assert!(a.on_tick(801));
         assert_eq!(a.finish(600, 0, false).outcome, Outcome::Stalled);
     }
 

@@ -16,7 +16,7 @@
 //!   requests that follow a breaker trip.
 
 use crate::attempt::{Attempt, AttemptSetup, AttemptSummary, HeadStep, ResponseHead, RETRY_HEADER};
-use crate::breaker::{Admission, Peek};
+use crate::breaker::Admission;
 use crate::classify::classify_headers;
 use crate::classify::Outcome;
 use crate::config::{Chain, ClientApi, Config, DegradedMode};
@@ -610,7 +610,7 @@ impl Exchange {
         let Some(planned) = self.plan.get(idx).copied() else {
             return Start::Reply(self.degrade(cfg, DegradedReason::Misconfigured));
         };
-        let mut probe = false;
+        let mut probe: bool;
         if number == 1 {
             probe = planned.probe;
             if idx != 0 {
@@ -636,16 +636,9 @@ impl Exchange {
             if !budget.try_replay(now_ms) {
                 return Start::Reply(self.degrade(cfg, DegradedReason::RetryBudgetExhausted));
             }
-            match health.peek(planned.provider, now_ms) {
-                Peek::Admit => {}
-                Peek::NeedsClaim => match health.claim(planned.provider, now_ms) {
-                    Admission::Admit => {}
-                    Admission::Probe => probe = true,
-                    Admission::Reject(_) => {
-                        return Start::Reply(self.degrade(cfg, DegradedReason::NoProviderAvailable))
-                    }
-                },
-                Peek::Reject(_) => return Start::Reply(self.degrade(cfg, DegradedReason::NoProviderAvailable)),
+            match resume::admit(health, planned.provider, now_ms) {
+                Some(p) => probe = p,
+                None => return Start::Reply(self.degrade(cfg, DegradedReason::NoProviderAvailable)),
             }
         }
         let rw = match self.rewrite_for(cfg, planned.provider, planned.position) {

@@ -7,11 +7,9 @@
 //! arrives whole, also for a stream (then replayed to the client at once, translated as usual);
 //! when no provider can take it, the client gets the original 400.
 
-use super::resume::CallSpec;
+use super::resume::{admit, call_outcome, CallSpec};
 use super::Exchange;
 use crate::attempt::AttemptSummary;
-use crate::breaker::{Admission, Peek};
-use crate::classify::{classify_headers, Outcome};
 use crate::config::{Api, Config};
 use crate::health::{Budget, Health};
 use crate::plan::HeaderEdits;
@@ -131,15 +129,7 @@ impl Exchange {
             .get(self.chain)
             .map_or(60_000, |c| c.deadlines.total_ms.unwrap_or(c.continuation.timeout_ms.max(120_000)));
         for (provider, position) in self.overflow_candidates(cfg) {
-            let probe = match health.peek(provider, now_ms) {
-                Peek::Admit => false,
-                Peek::Reject(_) => continue,
-                Peek::NeedsClaim => match health.claim(provider, now_ms) {
-                    Admission::Admit => false,
-                    Admission::Probe => true,
-                    Admission::Reject(_) => continue,
-                },
-            };
+            let Some(probe) = admit(health, provider, now_ms) else { continue };
             let Some((spec, rw)) = self.call_spec(cfg, provider, position, &req, current, timeout_ms) else {
                 if probe {
                     health.abandon_probe(provider);
@@ -205,12 +195,7 @@ impl Exchange {
         } else {
             None
         };
-        let outcome = match (&out, status) {
-            (Some(_), _) => Outcome::Success,
-            (None, 0) => Outcome::Timeout,
-            (None, s) if (200..300).contains(&s) => Outcome::InvalidAnswer,
-            (None, s) => classify_headers(s, None, None, None),
-        };
+        let outcome = call_outcome(out.is_some(), status);
         health.record(call.provider, outcome, call.probe, now_ms);
         self.summaries.push(AttemptSummary {
             number: self.attempts_started.saturating_add(1),

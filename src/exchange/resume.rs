@@ -171,12 +171,7 @@ impl Exchange {
         let api = cfg.providers.get(p.provider).map_or(Api::Anthropic, |q| q.api);
         let ok = (200..300).contains(&status);
         let answer = if ok { Continued::parse(api.format(), body) } else { None };
-        let outcome = match (&answer, status) {
-            (Some(_), _) => Outcome::Success,
-            (None, 0) => Outcome::Timeout,
-            (None, s) if (200..300).contains(&s) => Outcome::InvalidAnswer,
-            (None, s) => classify_headers(s, None, None, None),
-        };
+        let outcome = call_outcome(answer.is_some(), status);
         health.record(p.provider, outcome, p.probe, now_ms);
         let model = cfg
             .chains
@@ -246,15 +241,7 @@ impl Exchange {
             if self.same_model_only && !chain.same_model.get(position).copied().unwrap_or(false) {
                 continue;
             }
-            let probe = match health.peek(provider, now_ms) {
-                Peek::Admit => false,
-                Peek::Reject(_) => continue,
-                Peek::NeedsClaim => match health.claim(provider, now_ms) {
-                    Admission::Admit => false,
-                    Admission::Probe => true,
-                    Admission::Reject(_) => continue,
-                },
-            };
+            let Some(probe) = admit(health, provider, now_ms) else { continue };
             let Some(spec) = self.continuation_call(cfg, provider, position, current) else {
                 if probe {
                     health.abandon_probe(provider);
@@ -352,6 +339,31 @@ impl Exchange {
         }
         let body = rw.body.clone();
         Some((CallSpec { cluster: p.cluster.clone(), headers, body, timeout_ms }, rw))
+    }
+}
+
+/// Asks `provider`'s breaker to admit a call of the filter's own, as an attempt would be:
+/// None when it refuses, else whether the call is a half-open probe.
+pub(super) fn admit(health: &mut dyn Health, provider: usize, now_ms: u64) -> Option<bool> {
+    match health.peek(provider, now_ms) {
+        Peek::Admit => Some(false),
+        Peek::Reject(_) => None,
+        Peek::NeedsClaim => match health.claim(provider, now_ms) {
+            Admission::Admit => Some(false),
+            Admission::Probe => Some(true),
+            Admission::Reject(_) => None,
+        },
+    }
+}
+
+/// The outcome of a call of the filter's own: `answered` (a usable answer came), else by the
+/// status (0: no answer at all, a timeout or a reset; a 2xx that is no answer is invalid).
+pub(super) fn call_outcome(answered: bool, status: u16) -> Outcome {
+    match status {
+        _ if answered => Outcome::Success,
+        0 => Outcome::Timeout,
+        s if (200..300).contains(&s) => Outcome::InvalidAnswer,
+        s => classify_headers(s, None, None, None),
     }
 }
 

@@ -627,6 +627,12 @@ impl Chain {
     pub fn uses_attempts(&self) -> bool {
         self.failover.is_some() || self.deadlines != Deadlines::default()
     }
+
+    /// Can a stream broken at chain position `position` be continued: continuation on, and a
+    /// provider after it? (Otherwise nothing is kept for it.)
+    pub fn continues_after(&self, position: usize) -> bool {
+        self.continuation.enabled && self.providers.len() > position.saturating_add(1)
+    }
 }
 
 impl Chain {

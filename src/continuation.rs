@@ -249,7 +249,9 @@ pub fn request_body(client: ClientApi, original: &Value, partial: &str, form: Fo
                 .and_then(|m| m.get("content").and_then(Value::as_str).map(str::to_string).map(|c| (m, c)))
             {
                 Some((m, own)) => {
-                    m["content"] = Value::from(format!("{own}{partial}").trim_end());
+                    if let Some(o) = m.as_object_mut() {
+                        o.insert("content".into(), Value::from(format!("{own}{partial}").trim_end()));
+                    }
                 }
                 None => messages.push(json!({"role": "assistant", "content": prefix})),
             }

@@ -506,7 +506,7 @@ impl Exchange {
             deadline_ms: None,
             stall_ms: None,
             announce_attempts: false,
-            keep_for_continuation: chain.continuation.enabled.then_some(chain.continuation.max_kept_bytes),
+            keep_for_continuation: chain.continues_after(first.position).then_some(chain.continuation.max_kept_bytes),
             start_ms: self.start_ms,
             created_s: self.start_ms / 1000,
             id_suffix: self.id_suffix,
@@ -541,7 +541,7 @@ impl Exchange {
         self.mode == Mode::Single
             && !self.body_read
             && !self.body_over
-            && self.chain(cfg).is_some_and(|c| c.continuation.enabled)
+            && self.chain(cfg).is_some_and(|c| c.continues_after(0))
     }
 
     /// The model the client asked for, once known and valid (single mode, from a streaming
@@ -704,7 +704,7 @@ impl Exchange {
             deadline_ms: chain.deadlines.first_content_ms(self.stream),
             stall_ms: chain.deadlines.stall_ms,
             announce_attempts: true,
-            keep_for_continuation: (chain.continuation.enabled && self.stream)
+            keep_for_continuation: (self.stream && chain.continues_after(planned.position))
                 .then_some(chain.continuation.max_kept_bytes),
             start_ms: now_ms,
             created_s: self.start_ms / 1000,

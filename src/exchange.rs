@@ -514,34 +514,35 @@ impl Exchange {
         Step::Forward { headers, body }
     }
 
-    /// Single mode: keeps a copy of the client's body as it flows (a request routed at its
-    /// headers), for a continuation. Past `limit` bytes nothing is kept.
-    pub fn keep_body_chunk(&mut self, chunk: &[u8], limit: usize) {
-        if self.body_read || self.body_over {
-            return;
-        }
-        if self.body.len() + chunk.len() > limit {
-            self.body_over = true;
-            self.body = Vec::new();
-            return;
-        }
-        self.body.extend_from_slice(chunk);
-    }
-
-    /// The request turned out not to stream: no copy of its body is needed.
-    pub fn drop_body_copy(&mut self) {
-        if !self.body_read {
-            self.body = Vec::new();
-            self.body_over = true;
-        }
-    }
-
-    /// Does this request keep a copy of its body as it flows (single mode with continuation)?
-    pub fn keeps_body(&self, cfg: &Config) -> bool {
+    /// Single mode, a request routed at its headers: does it keep a copy of its body as it
+    /// flows, for a continuation? Only while it may be a stream (`stream`: what the look at the
+    /// body says so far; `settled`: that look is over) and the copy is within the chain's
+    /// `failover.max_replay_bytes` (8 MiB without).
+    pub fn keeps_body(&self, cfg: &Config, stream: bool, settled: bool) -> bool {
         self.mode == Mode::Single
             && !self.body_read
             && !self.body_over
+            && (stream || !settled)
             && self.chain(cfg).is_some_and(|c| c.continues_after(0))
+    }
+
+    /// A chunk of the body of a request routed at its headers (see [`Exchange::keeps_body`]);
+    /// `stream` and `settled` as the look at the body says after this chunk.
+    pub fn body_chunk(&mut self, cfg: &Config, chunk: &[u8], stream: bool, settled: bool) {
+        if !self.keeps_body(cfg, true, false) {
+            return;
+        }
+        let limit = self.chain(cfg).and_then(|c| c.failover.as_ref()).map_or(8 << 20, |f| f.max_replay_bytes);
+        if settled && !stream {
+            // Not a stream: no copy is needed.
+            self.body_over = true;
+            self.body = Vec::new();
+        } else if (self.body.len() + chunk.len()) as u64 > limit {
+            self.body_over = true;
+            self.body = Vec::new();
+        } else {
+            self.body.extend_from_slice(chunk);
+        }
     }
 
     /// The model the client asked for, once known and valid (single mode, from a streaming

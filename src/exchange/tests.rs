@@ -526,3 +526,18 @@ fn a_context_overflow_goes_only_to_a_larger_window_of_another_model() {
     assert!(ex.holds_for_overflow(&cfg, 400));
     assert_eq!(ex.overflow_start(&cfg, bad, &h, &mut health, &mut budget, 10), OverflowStep::Pass);
 }
+
+#[test]
+fn a_request_routed_at_its_headers_keeps_its_body_only_while_it_may_stream() {
+    let cfg = cfg_with(r#""failover":null"#, r#""deadlines":null"#, "");
+    let h = headers(&[]);
+    let head = RequestHead { headers: &h, end_of_stream: false };
+    let mut ex = Exchange::new(&cfg, 0, &head, false, 0, 1);
+    assert!(ex.keeps_body(&cfg, false, false), "not known yet");
+    ex.body_chunk(&cfg, b"{\"model\":\"m\",", false, false);
+    ex.body_chunk(&cfg, b"\"stream\":true}", true, true);
+    assert!(ex.body_available());
+    let mut ex = Exchange::new(&cfg, 0, &head, false, 0, 1);
+    ex.body_chunk(&cfg, b"{\"model\":\"m\",\"stream\":false}", false, true);
+    assert!(!ex.body_available() && !ex.keeps_body(&cfg, false, true), "not a stream: nothing kept");
+}

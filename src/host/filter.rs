@@ -3,7 +3,7 @@
 //! calls. It decides nothing itself.
 
 use super::health::{SharedBudget, SharedHealth};
-use super::props::{property_string, property_u64, response_header, set_header};
+use super::props::{property_string, property_u64, response_header, response_headers, set_header};
 use super::registry::{self, SharedExchange, EXCHANGE_PROPERTY};
 use super::{abi, metrics, now_ms, random_u64, waiting};
 use crate::attempt::{AttemptSummary, BodyStep, ResponseHeaders};
@@ -392,28 +392,19 @@ impl HttpContext for Filter {
             self.held = None;
             return self.apply(step, body_size);
         }
-        // Only a stream can be continued: once the body says it is none, nothing more is kept.
-        let keep = ex.borrow().keeps_body(&cfg) && self.peek.as_ref().is_some_and(|p| !p.done() || p.stream());
         if let Some(peek) = self.peek.as_mut() {
+            let keep = ex.borrow().keeps_body(&cfg, peek.stream(), peek.done());
             if body_size > 0 && (keep || !peek.done()) {
                 if let Ok(Some(chunk)) = abi::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
                     if !peek.done() {
                         peek.feed(&chunk);
                     }
                     if keep {
-                        let limit = cfg
-                            .chains
-                            .get(ex.borrow().chain)
-                            .and_then(|c| c.failover.as_ref())
-                            .map_or(8 << 20, |f| f.max_replay_bytes);
-                        ex.borrow_mut().keep_body_chunk(&chunk, usize::try_from(limit).unwrap_or(usize::MAX));
-                    }
-                    if keep && peek.done() && !peek.stream() {
-                        ex.borrow_mut().drop_body_copy();
+                        ex.borrow_mut().body_chunk(&cfg, &chunk, peek.stream(), peek.done());
                     }
                 }
             }
-            if (peek.done() && !ex.borrow().keeps_body(&cfg)) || end_of_stream {
+            if (peek.done() && !ex.borrow().keeps_body(&cfg, peek.stream(), true)) || end_of_stream {
                 let (model, stream) = (peek.model(), peek.stream());
                 ex.borrow_mut().learn_model(model, stream);
                 self.peek = None;
@@ -438,10 +429,7 @@ impl HttpContext for Filter {
         let details = || property_string(&["response", "code_details"]);
         let headers = if ex.watches_the_answer() {
             // One host call for the map rather than one per header read.
-            let map = abi::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
-            let lookup =
-                |name: &str| map.iter().find(|(k, _)| k == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok());
-            ResponseHeaders::read(&lookup, &details)
+            ResponseHeaders::read(&response_headers(), &details)
         } else {
             let status = response_header(":status").and_then(|s| s.trim().parse::<u16>().ok()).unwrap_or(0);
             let ok = (200..300).contains(&status);

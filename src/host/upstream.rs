@@ -7,7 +7,7 @@
 
 use super::filter::{apply_edits, emit_attempt, send};
 use super::health::{SharedBudget, SharedHealth};
-use super::props::{property, property_string, property_u64};
+use super::props::{property, property_string, property_u64, response_headers};
 use super::registry::{self, SharedAttempt, SharedExchange, EXCHANGE_PROPERTY};
 use super::{abi, now_ms};
 use crate::attempt::{BodyStep, HeadStep, ResponseHeaders};
@@ -155,10 +155,7 @@ impl HttpContext for Upstream {
             return Action::Continue;
         }
         let Some(a) = self.attempt.clone() else { return Action::Continue };
-        let map = abi::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
-        let lookup =
-            |name: &str| map.iter().find(|(k, _)| k == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok());
-        let headers = ResponseHeaders::read(&lookup, &|| None);
+        let headers = ResponseHeaders::read(&response_headers(), &|| None);
         let step = a.borrow_mut().on_response_headers(&headers.head(), now_ms());
         match step {
             HeadStep::Continue(edits) | HeadStep::Retry(edits) => {

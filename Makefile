@@ -114,14 +114,16 @@ lint: $(TOOLS)/.wasm-target
 fmt:
 	cargo fmt
 
-## bench: the filter against plain Envoy (writes bench/RESULTS.md and README's headline), then
-## the native micro-benchmarks of the hot path. BENCH_ARGS="--seconds 10 --rate 1000 --long-seconds 60"
+## bench: host calls per request (instrumented build), then the filter against plain Envoy, an
+## empty Wasm filter and the floor probe in interleaved rounds (writes bench/RESULTS.md and README's
+## headline; the goals read the host calls), then the native micro-benchmarks of the hot path.
+## BENCH_ARGS="--rounds 8 --seconds 3 --rate 1000 --rate-seconds 2 --long-seconds 60"
 BENCH_ARGS ?=
 bench: build tools wrk
 	cargo build --release -p bench-upstream
-	cargo build --release --target $(TARGET) -p noop-filter
-	$(PY) bench/run.py $(BENCH_ARGS)
+	cargo build --release --target $(TARGET) -p noop-filter -p floor-filter
 	$(PY) bench/run.py --host-calls
+	$(PY) bench/run.py $(BENCH_ARGS)
 	$(MAKE) bench-micro
 
 ## bench-peers: the same load against LiteLLM proxy and Portkey gateway (installed into .tools/)

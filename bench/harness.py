@@ -1,5 +1,6 @@
 """Building blocks of `make bench`: the mock upstream, Envoy configs with and without the
-filter, wrk runs (saturation and fixed rate), CPU pinning, stats, and the Markdown report."""
+filter, wrk runs (saturation and fixed rate) with the Envoy process's CPU time over each, CPU
+pinning, stats, and the Markdown report."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "llm_failover.wasm"
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
+# The floor probe (bench/floor-filter): only the host calls of the routing decision.
+FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "floor_filter.wasm"
 UPSTREAM = ROOT / "target" / "release" / "bench-upstream"
 WRK_LUA = ROOT / "bench" / "wrk.lua"
 
@@ -72,6 +75,31 @@ class Proc:
                 self.p.kill()
                 self.p.wait()
         self._fh.close()
+
+    def cpu_ns(self) -> int:
+        """CPU time the process has used so far, in ns: the sum of its threads' on-CPU time
+        (first field of /proc/<pid>/task/*/schedstat), or utime + stime of /proc/<pid>/stat
+        (clock ticks, coarser) where schedstat is missing. The pid is the program's own:
+        `taskset` (`pinned`) execs it."""
+        tasks = Path(f"/proc/{self.p.pid}/task")
+        total, found = 0, False
+        for task in tasks.iterdir() if tasks.is_dir() else ():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+                found = True
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that just ended, or no schedstat
+        if found:
+            return total
+        fields = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # After the command: state is field 3; utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+    def comm(self) -> str:
+        try:
+            return Path(f"/proc/{self.p.pid}/comm").read_text().strip()
+        except OSError:
+            return ""
 
     def rss_kb(self) -> int:
         try:
@@ -152,7 +180,8 @@ def bench_filter_config(with_filter_creds: bool = True, fallback_api: str | None
 def envoy_config(listen: int, admin: int, primary_port: int, fallback_port: int, with_filter: bool,
                  module: Path = WASM, fallback_api: str | None = None) -> dict:
     """A listener with one route to the upstream. Without the filter (or with the empty noop
-    module) the route names the cluster; with llm-failover it reads the filter's routing header.
+    module) the route names the cluster; with llm-failover (or the floor probe, which sets the
+    same header) it reads the filter's routing header.
     With `fallback_api` (the translation scenarios) the fallback is a host of that API and the
     route matches on the routing header's presence, whatever path the filter rewrote to (as
     envoy/demo.yaml's first route)."""
@@ -231,6 +260,9 @@ class EnvoyUnderTest:
             if self.proc.p.poll() is not None or time.time() > deadline:
                 raise RuntimeError("Envoy did not start:\n" + self.proc.log.read_text(errors="replace")[-3000:])
             time.sleep(0.1)
+        # The CPU time read per run must be Envoy's, not a wrapper's (taskset execs Envoy).
+        if not self.proc.comm().startswith("envoy"):
+            raise RuntimeError(f"pid {self.proc.p.pid} is {self.proc.comm()!r}, not Envoy")
 
     @property
     def url(self) -> str:
@@ -273,16 +305,30 @@ class WrkResult:
     errors: int
     socket_errors: int = 0  # connect, read, write, timeout
     status_errors: int = 0  # answers with a status >= 400
+    cpu_ns: int = 0  # CPU time of the measured process over the run (`wrk(..., cpu_of=)`)
+    wall_s: float = 0.0  # wall time over which cpu_ns was taken
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_ns / 1000 / self.requests if self.requests else 0.0
+
+    @property
+    def busy_pct(self) -> float:
+        """The measured process's CPU time over the run's wall time (100 = one core saturated)."""
+        return 100.0 * self.cpu_ns / 1e9 / self.wall_s if self.wall_s else 0.0
 
 
 def wrk(url: str, seconds: int, connections: int, stream: bool, delay_ms: float = 0,
-        headers: dict | None = None, method_path_note: str = "") -> WrkResult:
+        headers: dict | None = None, method_path_note: str = "", cpu_of: Proc | None = None) -> WrkResult:
+    """One wrk run. With `cpu_of`, that process's CPU time is read just before and after it."""
     env = dict(os.environ, BENCH_STREAM="1" if stream else "0", BENCH_DELAY_MS=str(delay_ms))
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(WRK_LUA)]
     for k, v in (headers or {}).items():
         argv += ["-H", f"{k}: {v}"]
     argv.append(url)
+    cpu0, t0 = (cpu_of.cpu_ns(), time.monotonic()) if cpu_of else (0, 0.0)
     out = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
+    cpu1, t1 = (cpu_of.cpu_ns(), time.monotonic()) if cpu_of else (0, 0.0)
     m = re.search(r"BENCH_JSON (\{.*\})", out)
     if not m:
         raise RuntimeError(f"wrk printed no result:\n{out}")
@@ -293,6 +339,7 @@ def wrk(url: str, seconds: int, connections: int, stream: bool, delay_ms: float 
         p50_ms=d["p50_us"] / 1000, p90_ms=d["p90_us"] / 1000, p99_ms=d["p99_us"] / 1000,
         errors=d["socket_errors"] + d["status_errors"],
         socket_errors=d["socket_errors"], status_errors=d["status_errors"],
+        cpu_ns=cpu1 - cpu0, wall_s=t1 - t0,
     )
 
 

@@ -28,7 +28,8 @@ long run. Writes bench/RESULTS.md (its `filter` section: table, translation tabl
 the headline figures in README.md. The goals' host-call counts are read from RESULTS.md's
 `host_calls` section (`--host-calls`, which `make bench` runs first).
 
-Usage: python bench/run.py [--rounds 8] [--seconds 3] [--rate 1000] [--rate-seconds 2] [--long-seconds 60]
+Usage: python bench/run.py [--rounds 8] [--seconds 3] [--rate 1000] [--rate-rounds 4] [--rate-seconds 2]
+                           [--connections 32] [--long-seconds 60]
        python bench/run.py --only closed,floor --rounds 2 --seconds 1   (a smoke run: prints, writes nothing)
        python bench/run.py --rounds 1 --seconds 1 --long-seconds 2 --no-write   (the whole run, printed)
        python bench/run.py --host-calls [--no-write]

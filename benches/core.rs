@@ -180,6 +180,36 @@ fn decisions(c: &mut Criterion) {
             ex.record(&cfg, 1_005)
         })
     });
+    // The breaker-closed pass-through of `make bench`'s `closed` row, as the host drives it:
+    // routed at the headers, the body only peeked, the JSON answer watched, the record built.
+    let single_cfg = config::parse(
+        br#"{"providers":[{"name":"primary","cluster":"a","authority":"api.anthropic.com","credential":{"header":"x-api-key","value":"k1"}},
+                          {"name":"fallback","cluster":"b","credential":{"header":"x-api-key","value":"k2"}}],
+             "chains":[{"match":{"path_prefix":"/v1/messages"},"providers":["primary","fallback"]}]}"#,
+        |_| None,
+    )
+    .unwrap();
+    let answer_1k = answers::anthropic_json();
+    g.bench_function("pass-through request, breaker closed (single mode, 1 KB JSON answer)", |b| {
+        b.iter(|| {
+            let cfg = &single_cfg;
+            let head = RequestHead { headers: black_box(&headers), end_of_stream: false };
+            let chain = cfg.chain_for("/v1/messages", &|n| head.get(n).map(str::to_string)).unwrap();
+            let mut ex = Exchange::new(cfg, chain, &head, false, 1_000, 7);
+            let _ = black_box(ex.on_request_headers(cfg, &head, &mut health));
+            let mut peek = RequestPeek::new();
+            peek.feed(black_box(body));
+            ex.learn_model(peek.model(), peek.stream());
+            let rh = ResponseHead { status: 200, content_type: "application/json", ..Default::default() };
+            let _ = black_box(ex.on_response_headers(cfg, &rh, 1_002));
+            let mut a = ex.single.take().unwrap();
+            let _ = black_box(a.on_response_body(black_box(answer_1k.as_slice()), true, 1_003));
+            let s = a.finish(1_004, 0, false);
+            ex.end_attempt(s);
+            let r = ex.record(cfg, 1_005);
+            black_box(r.fields())
+        })
+    });
     g.bench_function("degraded answer (SSE)", |b| {
         b.iter(|| {
             degraded_response(

@@ -269,6 +269,7 @@ class EnvoyUnderTest:
         return f"http://127.0.0.1:{self.port}/v1/messages"
 
     def stats(self) -> dict[str, int]:
+        time.sleep(0.25)  # the filter hands its counter increments to Envoy on its tick (100 ms)
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats", timeout=5).read().decode()
         out = {}
         for line in text.splitlines():

@@ -9,6 +9,7 @@ use llm_failover::classify::{classify_end, classify_headers, Health, Outcome, St
 use llm_failover::config::{self, BreakerSettings};
 use llm_failover::degraded::{degraded_response, DegradedReason};
 use llm_failover::exchange::{Exchange, RequestHead, Start};
+use llm_failover::header_map::HeaderMap;
 use llm_failover::health::{MemBudget, MemHealth};
 use llm_failover::providers::anthropic::StreamMonitor;
 use llm_failover::request_peek::RequestPeek;
@@ -142,18 +143,30 @@ fn decisions(c: &mut Criterion) {
         |_| None,
     )
     .unwrap();
-    let headers: Vec<(String, Vec<u8>)> = [
+    // What the Anthropic Python SDK sends (its `x-stainless-*` headers included).
+    let headers = HeaderMap::from_pairs(&[
         (":path", "/v1/messages"),
         (":method", "POST"),
         (":authority", "localhost:10000"),
+        (":scheme", "http"),
         ("content-type", "application/json"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate"),
+        ("user-agent", "Anthropic/Python 0.69.0"),
         ("x-api-key", "sk-ant-client"),
         ("anthropic-version", "2023-06-01"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-package-version", "0.69.0"),
+        ("x-stainless-os", "Linux"),
+        ("x-stainless-arch", "x64"),
+        ("x-stainless-runtime", "CPython"),
+        ("x-stainless-runtime-version", "3.11.7"),
+        ("x-stainless-retry-count", "0"),
+        ("x-stainless-read-timeout", "600"),
         ("content-length", "87"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-    .collect();
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "6f1c3a52-55b5-4d0e-9a43-0c1b7f7f9a11"),
+    ]);
     let body = br#"{"model":"claude-opus-4-6","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
     let answer = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-opus-4-6","content":[{"type":"text","text":"Hello"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":5}}"#;
     let mut health = MemHealth::new(2, &cfg.breaker);

@@ -24,6 +24,10 @@ use crate::usage::UsageScanner;
 /// `retry_policy.retriable_headers`).
 pub const RETRY_HEADER: &str = "x-llm-failover-retry";
 
+/// The bytes of a JSON answer's chunk scanned for its usage (its end): a passed-through
+/// answer longer than this is not copied into the VM whole.
+pub const JSON_USAGE_TAIL: usize = 4096;
+
 /// What an attempt is, fixed when it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptSetup {
@@ -411,9 +415,21 @@ impl Attempt {
     /// Where the host must read the body from for [`Attempt::on_response_body`] (an offset into
     /// what Envoy buffered), or None when this attempt does not look at the body now (so the
     /// host reads nothing).
-    pub fn reads_body_from(&self, end: bool) -> Option<usize> {
+    /// `size`: the bytes Envoy holds for this callback.
+    pub fn reads_body_from(&mut self, size: usize, end: bool) -> Option<usize> {
         match self.phase {
-            Phase::PassingJson | Phase::Streaming => Some(0),
+            // Every API puts `usage` at the end of a JSON answer: only a chunk's last bytes are
+            // read and scanned (the rest passes untouched).
+            Phase::PassingJson => {
+                let from = size.saturating_sub(JSON_USAGE_TAIL);
+                if from > 0 {
+                    if let Some(u) = self.usage.as_mut() {
+                        u.gap();
+                    }
+                }
+                Some(from)
+            }
+            Phase::Streaming => Some(0),
             // Only what came since the last look: the rest was fed already.
             Phase::HoldingStream => Some(self.fed),
             Phase::BufferingJson | Phase::PassingError { rewrite: true } => end.then_some(0),
@@ -736,7 +752,7 @@ mod tests {
         assert_eq!(a.on_response_headers(&sse(), 10), HeadStep::Hold);
         // message_start and ping: no content yet.
         assert_eq!(a.on_response_body(START.as_bytes(), false, 20), BodyStep::Hold);
-        assert_eq!(a.reads_body_from(false), Some(START.len()), "only what is new");
+        assert_eq!(a.reads_body_from(2 * START.len(), false), Some(START.len()), "only what is new");
         let buffered = format!("{START}{BLOCK}{DELTA}");
         match a.on_response_body(format!("{BLOCK}{DELTA}").as_bytes(), false, 30) {
             BodyStep::Continue { headers, body } => {
@@ -886,6 +902,29 @@ mod tests {
         a.on_response_headers(&head, 5);
         assert!(matches!(a.on_response_body(b"{\"id\": \"msg_\xff", true, 6), BodyStep::Retry(_)));
         assert_eq!(a.finish(7, 0, false).outcome, Outcome::InvalidAnswer);
+    }
+
+    #[test]
+    fn a_passed_json_answer_is_read_only_at_its_end() {
+        let head = ResponseHead { status: 200, content_type: "application/json", ..Default::default() };
+        let mut a = Attempt::new(AttemptSetup { stream: false, ..setup(false, false) });
+        assert!(matches!(a.on_response_headers(&head, 5), HeadStep::Continue(_)));
+        // A long answer in two chunks: of each only the last JSON_USAGE_TAIL bytes are read.
+        let text = "x".repeat(3 * JSON_USAGE_TAIL);
+        let first =
+            format!(r#"{{"type":"message","usage":{{"input_tokens":99}},"content":[{{"type":"text","text":"{text}"#);
+        let second = format!(r#"{text}"}}],"usage":{{"input_tokens":12,"output_tokens":5}}}}"#);
+        for (chunk, end) in [(first.as_bytes(), false), (second.as_bytes(), true)] {
+            let from = a.reads_body_from(chunk.len(), end).unwrap();
+            assert_eq!(from, chunk.len() - JSON_USAGE_TAIL);
+            let _ = a.on_response_body(&chunk[from..], end, 0);
+        }
+        let s = a.finish(9, 0, false);
+        assert_eq!((s.outcome, s.input_tokens, s.output_tokens), (Outcome::Success, Some(12), Some(5)));
+        // A short one is read whole.
+        let mut a = Attempt::new(AttemptSetup { stream: false, ..setup(false, false) });
+        a.on_response_headers(&head, 5);
+        assert_eq!(a.reads_body_from(300, true), Some(0));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::classify::classify_headers;
 use crate::classify::Outcome;
 use crate::config::{Chain, ClientApi, Config, DegradedMode};
 use crate::degraded::{degraded_response, DegradedReason, LocalResponse};
+use crate::header_map::HeaderMap;
 use crate::health::{Budget, Health};
 use crate::plan::{self, attempt_edits, failover_cluster, HeaderEdits, Planned, Target, WalkInput};
 use crate::request_rewrite::{refusal, rewrite, ClientRequest, Rewrite, Unfit};
@@ -50,8 +51,13 @@ pub const ENVOY_CONTROL_HEADERS: [&str; 8] = [
 
 /// Removes the Envoy retry and timeout headers the client sent, but for those `edits` set.
 fn strip_envoy_controls(head: &RequestHead<'_>, edits: &mut HeaderEdits) {
-    for h in ENVOY_CONTROL_HEADERS {
-        if head.has(h) && !edits.iter().any(|(k, _)| k == h) {
+    // One pass over the headers (not one lookup per control header).
+    for (k, _) in head.headers.iter() {
+        if !k.starts_with(b"x-envoy-") {
+            continue;
+        }
+        let Some(h) = ENVOY_CONTROL_HEADERS.iter().find(|h| h.as_bytes() == k) else { continue };
+        if !edits.iter().any(|(e, _)| e == h) {
             edits.push((h.to_string(), None));
         }
     }
@@ -105,16 +111,16 @@ pub enum NoReplay {
 
 /// The request's headers, as the host read them (one call for the whole map).
 pub struct RequestHead<'a> {
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: &'a HeaderMap,
     pub end_of_stream: bool,
 }
 
 impl RequestHead<'_> {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers.get(name)
     }
     pub fn has(&self, name: &str) -> bool {
-        self.headers.iter().any(|(k, _)| k == name)
+        self.headers.has(name)
     }
 }
 

@@ -8,6 +8,7 @@
 //!   per-API stream knowledge.
 //! - [`sse`], [`window`], [`request_peek`], [`usage`]: incremental SSE parsing; the rolling
 //!   bucket window; streaming looks at the request's `model`/`stream` and the answer's tokens.
+//! - [`header_map`]: the host's header maps, read in place.
 //! - [`telemetry`]: stat names and the per-request record behind stats and access-log fields.
 
 pub mod attempt;
@@ -19,6 +20,7 @@ pub mod continuation;
 pub mod degraded;
 pub mod eventstream;
 pub mod exchange;
+pub mod header_map;
 pub mod health;
 pub mod plan;
 pub mod providers;

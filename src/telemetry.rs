@@ -17,11 +17,23 @@ pub const MAX_MODELS: usize = 32;
 pub fn sanitize_model(model: Option<&str>) -> String {
     match model {
         None | Some("") => "unknown".to_string(),
-        Some(m) => m
-            .bytes()
-            .take(64)
-            .map(|b| if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' { b as char } else { '_' })
-            .collect(),
+        Some(m) => m.bytes().take(64).map(|b| tag_byte(b) as char).collect(),
+    }
+}
+
+fn tag_byte(b: u8) -> u8 {
+    if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+        b
+    } else {
+        b'_'
+    }
+}
+
+/// Is `tag` what [`sanitize_model`] makes of `model`? (Without building it.)
+pub fn is_model_tag(model: Option<&str>, tag: &str) -> bool {
+    match model {
+        None | Some("") => tag == "unknown",
+        Some(m) => m.bytes().take(64).map(tag_byte).eq(tag.bytes()),
     }
 }
 
@@ -185,6 +197,11 @@ mod tests {
         assert_eq!(sanitize_model(None), "unknown");
         assert_eq!(sanitize_model(Some(&"x".repeat(500))).len(), 64);
         assert_eq!(sanitize_model(Some("a.b\n{}")), "a_b___");
+        for m in [None, Some(""), Some("us.anthropic.claude-opus-4-6-v1:0"), Some("gpt-4o"), Some(&*"y".repeat(99))] {
+            assert!(is_model_tag(m, &sanitize_model(m)), "{m:?}");
+        }
+        assert!(!is_model_tag(Some("gpt-4o"), "gpt-4"));
+        assert!(!is_model_tag(Some("a.b"), "a.b"));
     }
 
     #[test]

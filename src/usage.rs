@@ -7,8 +7,7 @@
 //! from colon to colon (`memchr`) and looks behind each, so most bytes are never stepped through.
 
 /// Anthropic's keys and OpenAI's (`prompt_tokens`, `completion_tokens`): even index = input.
-const KEYS: [&[u8]; 4] =
-    [b"\"input_tokens\"", b"\"output_tokens\"", b"\"prompt_tokens\"", b"\"completion_tokens\""];
+const KEYS: [&[u8]; 4] = [b"\"input_tokens\"", b"\"output_tokens\"", b"\"prompt_tokens\"", b"\"completion_tokens\""];
 
 /// Bytes kept from the previous chunks to look behind a colon: the longest key, and room for
 /// whitespace before its colon.

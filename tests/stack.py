@@ -212,6 +212,8 @@ class Envoy:
         return [line for line in self.log().splitlines() if f"[{level}][wasm]" in line and "wasm log" in line]
 
     def stats(self) -> dict[str, int]:
+        # The filter hands its counter increments to Envoy on its VMs' tick (every 100 ms).
+        time.sleep(0.25)
         text = requests.get(self.admin + "/stats", timeout=5).text
         out = {}
         for line in text.splitlines():

@@ -16,8 +16,14 @@ MODEL = MESSAGE_BODY["model"]
 IN, OUT = 12, 5
 
 
+# The filter hands its counter increments to Envoy on its VMs' tick (every 100 ms).
+COUNTER_FLUSH_S = 0.25
+
+
 def scrape(stack) -> dict[str, float]:
-    """`/stats/prometheus` as {'name{labels sorted}': value}."""
+    """`/stats/prometheus` as {'name{labels sorted}': value}, once the filter's counters of the
+    requests made so far are flushed."""
+    time.sleep(COUNTER_FLUSH_S)
     out = {}
     for line in requests.get(stack.envoy.admin + "/stats/prometheus", timeout=5).text.splitlines():
         if line.startswith("#") or not line.strip():

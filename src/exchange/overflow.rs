@@ -11,6 +11,7 @@ use super::resume::{admit, call_outcome, CallSpec};
 use super::Exchange;
 use crate::attempt::AttemptSummary;
 use crate::config::{Api, Config};
+use crate::header_map::HeaderMap;
 use crate::health::{Budget, Health};
 use crate::plan::HeaderEdits;
 use crate::response_rewrite::{translate_json, StreamPipeline};
@@ -111,7 +112,7 @@ impl Exchange {
         &mut self,
         cfg: &Config,
         body: &[u8],
-        current: &[(String, Vec<u8>)],
+        current: &HeaderMap,
         health: &mut dyn Health,
         budget: &mut dyn Budget,
         now_ms: u64,

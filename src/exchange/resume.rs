@@ -14,6 +14,7 @@ use crate::breaker::{Admission, Peek};
 use crate::classify::{classify_headers, Outcome};
 use crate::config::{Api, ClientApi, Config};
 use crate::continuation::{fresh_text, request_body, splice, Continued, Form, Transcript};
+use crate::header_map::HeaderMap;
 use crate::health::{Budget, Health};
 use crate::plan::{attempt_edits, Target};
 use crate::request_rewrite::{rewrite, ClientRequest};
@@ -115,7 +116,7 @@ impl Exchange {
     pub fn resume_start(
         &mut self,
         cfg: &Config,
-        current: &[(String, Vec<u8>)],
+        current: &HeaderMap,
         health: &mut dyn Health,
         budget: &mut dyn Budget,
         now_ms: u64,
@@ -161,7 +162,7 @@ impl Exchange {
         cfg: &Config,
         status: u16,
         body: &[u8],
-        current: &[(String, Vec<u8>)],
+        current: &HeaderMap,
         health: &mut dyn Health,
         budget: &mut dyn Budget,
         now_ms: u64,
@@ -220,7 +221,7 @@ impl Exchange {
     fn resume_next(
         &mut self,
         cfg: &Config,
-        current: &[(String, Vec<u8>)],
+        current: &HeaderMap,
         health: &mut dyn Health,
         budget: &mut dyn Budget,
         now_ms: u64,
@@ -271,7 +272,7 @@ impl Exchange {
         cfg: &Config,
         provider: usize,
         position: usize,
-        current: &[(String, Vec<u8>)],
+        current: &HeaderMap,
     ) -> Option<(CallSpec, Form)> {
         let chain = cfg.chains.get(self.chain)?;
         let p = cfg.providers.get(provider)?;
@@ -301,7 +302,7 @@ impl Exchange {
         provider: usize,
         position: usize,
         req: &ClientRequest,
-        current: &[(String, Vec<u8>)],
+        current: &HeaderMap,
         timeout_ms: u64,
     ) -> Option<(CallSpec, crate::request_rewrite::Rewrite)> {
         let chain = cfg.chains.get(self.chain)?;
@@ -310,20 +311,17 @@ impl Exchange {
         if !validate::valid_model(&rw.model) {
             return None;
         }
-        let lookup = |name: &str| {
-            current.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok()).map(str::to_string)
-        };
+        let lookup = |name: &str| current.get(name).map(str::to_string);
         let target =
             Target { provider, position, authority: self.authority.as_deref(), path: &self.path, rewrite: Some(&rw) };
         let edits = attempt_edits(cfg, chain, &target, &lookup);
         let mut headers: Vec<(String, String)> = Vec::with_capacity(current.len() + 4);
-        for (k, v) in current {
+        for (k, v) in current.iter() {
+            let (Ok(k), Ok(v)) = (std::str::from_utf8(k), std::str::from_utf8(v)) else { continue };
             if dropped_for_call(cfg, k) || edits.iter().any(|(e, _)| e == k) {
                 continue;
             }
-            if let Ok(v) = std::str::from_utf8(v) {
-                headers.push((k.clone(), v.to_string()));
-            }
+            headers.push((k.to_string(), v.to_string()));
         }
         for (k, v) in edits {
             if let Some(v) = v {
@@ -407,14 +405,15 @@ mod tests {
 
     const SENT: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"The quick\"}}\n\n";
 
-    fn exchange(cfg: &Config) -> (Exchange, Vec<(String, Vec<u8>)>) {
-        let headers: Vec<(String, Vec<u8>)> = vec![
+    fn exchange(cfg: &Config) -> (Exchange, HeaderMap) {
+        let pairs: Vec<(String, Vec<u8>)> = vec![
             (":path".into(), b"/v1/messages".to_vec()),
             (":authority".into(), b"a.example".to_vec()),
             ("x-api-key".into(), b"ka".to_vec()),
             ("anthropic-version".into(), b"2023-06-01".to_vec()),
             ("content-length".into(), b"99".to_vec()),
         ];
+        let headers = HeaderMap::from_pairs(&pairs);
         let head = RequestHead { headers: &headers, end_of_stream: false };
         let mut ex = Exchange::new(cfg, 0, &head, true, 0, 1);
         let body = br#"{"model":"claude-x","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"Go"}]}"#;

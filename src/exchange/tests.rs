@@ -6,6 +6,7 @@ use super::*;
 use crate::attempt::{BodyStep, HeadStep, ResponseHead};
 use crate::classify::Outcome;
 use crate::config;
+use crate::header_map::HeaderMap;
 use crate::health::{MemBudget, MemHealth};
 
 const BODY: &[u8] = br#"{"model":"claude-opus-4-6","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -34,7 +35,7 @@ fn cfg() -> Config {
     cfg_with(FAILOVER, DEADLINES, "")
 }
 
-fn headers(extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+fn headers(extra: &[(&str, &str)]) -> HeaderMap {
     let mut h: Vec<(String, Vec<u8>)> = [
         (":path", "/v1/messages"),
         (":method", "POST"),
@@ -49,7 +50,7 @@ fn headers(extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
     for (k, v) in extra {
         h.push((k.to_string(), v.as_bytes().to_vec()));
     }
-    h
+    HeaderMap::from_pairs(&h)
 }
 
 /// What a provider does with an attempt.
@@ -452,10 +453,10 @@ fn the_degraded_form_is_the_requests_then_the_chains_then_the_configs() {
         config::parse(json.as_bytes(), |_| None).unwrap()
     };
     let form = |cfg: &Config, header: Option<&str>| {
-        let mut h = headers(&[]);
-        if let Some(v) = header {
-            h.push((DEGRADED_FORM_HEADER.to_string(), v.as_bytes().to_vec()));
-        }
+        let h = match header {
+            Some(v) => headers(&[(DEGRADED_FORM_HEADER, v)]),
+            None => headers(&[]),
+        };
         let head = RequestHead { headers: &h, end_of_stream: true };
         Exchange::new(cfg, 0, &head, false, 0, 1).degraded_mode(cfg)
     };
@@ -471,8 +472,8 @@ fn the_degraded_form_is_the_requests_then_the_chains_then_the_configs() {
     assert_eq!(form(&chain_error, Some("message")), DegradedMode::Message);
     assert_eq!(form(&chain_error, Some("nonsense")), DegradedMode::Error, "an unknown value is ignored");
     // The chain's notice is the one the client reads.
-    let mut h = headers(&[(DEGRADED_FORM_HEADER, "message")]);
-    h.retain(|(k, _)| k != "x-api-key");
+    let h = headers(&[(DEGRADED_FORM_HEADER, "message")]);
+    let h = HeaderMap::from_pairs(&h.iter().filter(|(k, _)| *k != b"x-api-key").collect::<Vec<_>>());
     let head = RequestHead { headers: &h, end_of_stream: true };
     let mut ex = Exchange::new(&chain_error, 0, &head, false, 0, 1);
     let resp = ex.degrade(&chain_error, DegradedReason::NoProviderAvailable);

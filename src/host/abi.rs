@@ -15,6 +15,7 @@
 //! Presence: a call the host answers `Ok` yields `Some` (an empty value comes back as a null
 //! pointer and becomes `Some(vec![])`); only `NotFound` yields `None`.
 
+use crate::header_map::HeaderMap;
 pub use proxy_wasm::types::Status;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
 use std::ptr::{null, null_mut};
@@ -246,7 +247,7 @@ pub fn set_tick_period_ms(ms: u32) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 /// All pairs of a header map in one host call; keys lossily UTF-8, values as bytes.
-pub fn get_map(map: MapType) -> Result<Vec<(String, Vec<u8>)>> {
+pub fn get_map(map: MapType) -> Result<HeaderMap> {
     tally::count(tally::HostFn::GetMap);
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;
@@ -255,7 +256,7 @@ pub fn get_map(map: MapType) -> Result<Vec<(String, Vec<u8>)>> {
     // SAFETY: on Ok the host filled `data`/`size` with null or a buffer it allocated through
     // `proxy_on_memory_allocate(size)`, which this module now owns.
     let serialized = unsafe { take_host_buffer(data, size) };
-    deserialize_map(&serialized)
+    HeaderMap::parse(serialized).map_err(|_| Status::ParseFailure)
 }
 
 /// The value of header `key`; `None` when the map has no such header.
@@ -324,10 +325,18 @@ pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>> {
 /// Sets the property at `path` to `value` (`None` passes no value, as the SDK does).
 pub fn set_property(path: &[&str], value: Option<&[u8]>) -> Result<()> {
     tally::count(tally::HostFn::SetProperty);
-    let serialized = serialize_path(path);
+    // A one-segment path is its own serialization: no copy.
+    let serialized;
+    let bytes: &[u8] = match path {
+        [one] => one.as_bytes(),
+        _ => {
+            serialized = serialize_path(path);
+            &serialized
+        }
+    };
     let (value_ptr, value_len) = value.map_or((null(), 0), |v| (v.as_ptr(), v.len()));
     // SAFETY: pointers and lengths of live buffers (or null with length 0); the host copies them.
-    check(unsafe { proxy_set_property(serialized.as_ptr(), serialized.len(), value_ptr, value_len) })
+    check(unsafe { proxy_set_property(bytes.as_ptr(), bytes.len(), value_ptr, value_len) })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -541,33 +550,6 @@ pub fn serialize_map<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Result
     Ok(out)
 }
 
-/// Decodes a proxy-wasm map (empty input is an empty map). Keys are converted lossily from
-/// UTF-8, values kept as bytes; a buffer too short for its own lengths is `ParseFailure`.
-pub fn deserialize_map(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let count = read_len(bytes, 0)?;
-    // The length table must fit before anything is reserved for `count` pairs.
-    let mut p = count.checked_mul(8).and_then(|n| n.checked_add(4)).ok_or(Status::ParseFailure)?;
-    if p > bytes.len() {
-        return Err(Status::ParseFailure);
-    }
-    let mut map = Vec::with_capacity(count);
-    for n in 0..count {
-        let entry = n.checked_mul(8).and_then(|e| e.checked_add(4)).ok_or(Status::ParseFailure)?;
-        let key_len = read_len(bytes, entry)?;
-        let value_len = read_len(bytes, entry.checked_add(4).ok_or(Status::ParseFailure)?)?;
-        let key = sub(bytes, p, key_len)?;
-        // Skip the key's NUL; the last value's NUL may be missing without harm.
-        p = p.saturating_add(key_len).saturating_add(1);
-        let value = sub(bytes, p, value_len)?;
-        p = p.saturating_add(value_len).saturating_add(1);
-        map.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
-    }
-    Ok(map)
-}
-
 /// Encodes a property path as the SDK does: the segments joined by NUL (no trailing NUL), e.g.
 /// `["request", "path"]` is `b"request\0path"`; an empty path is empty.
 pub fn serialize_path(path: &[&str]) -> Vec<u8> {
@@ -585,19 +567,6 @@ pub fn serialize_path(path: &[&str]) -> Vec<u8> {
 /// A length as the u32 of the wire format.
 fn len_u32(len: usize) -> Result<u32> {
     u32::try_from(len).map_err(|_| Status::BadArgument)
-}
-
-/// The u32 LE at `at`, as a length.
-fn read_len(bytes: &[u8], at: usize) -> Result<usize> {
-    let raw = sub(bytes, at, 4)?;
-    let arr: [u8; 4] = raw.try_into().map_err(|_| Status::ParseFailure)?;
-    usize::try_from(u32::from_le_bytes(arr)).map_err(|_| Status::ParseFailure)
-}
-
-/// `bytes[at..at + len]`, or `ParseFailure` if out of range.
-fn sub(bytes: &[u8], at: usize, len: usize) -> Result<&[u8]> {
-    let end = at.checked_add(len).ok_or(Status::ParseFailure)?;
-    bytes.get(at..end).ok_or(Status::ParseFailure)
 }
 
 #[cfg(test)]
@@ -626,44 +595,12 @@ mod tests {
     }
 
     #[test]
-    fn deserializes_like_the_sdk() {
-        let map = deserialize_map(&expected_map_bytes()).unwrap();
-        let want: Vec<(String, Vec<u8>)> = MAP.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
-        assert_eq!(map, want);
-        assert_eq!(deserialize_map(&[]), Ok(vec![]));
-        assert_eq!(deserialize_map(&[0, 0, 0, 0]), Ok(vec![]));
-    }
-
-    #[test]
-    fn round_trips_bytes_values() {
+    fn what_it_serializes_reads_back_in_place() {
         for i in 0..=255u8 {
             let pairs: Vec<(&str, Vec<u8>)> = vec![("c", vec![i]), ("", vec![]), ("k", vec![0, i, 0])];
-            let bytes = serialize_map(&pairs).unwrap();
-            let back = deserialize_map(&bytes).unwrap();
-            let want: Vec<(String, Vec<u8>)> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-            assert_eq!(back, want);
+            let back = HeaderMap::parse(serialize_map(&pairs).unwrap()).unwrap();
+            assert_eq!(back, HeaderMap::from_pairs(&pairs));
         }
-    }
-
-    #[test]
-    fn non_utf8_key_is_lossy() {
-        let bytes = serialize_map(&[(&[0xffu8, b'a'][..], &b"v"[..])]).unwrap();
-        assert_eq!(deserialize_map(&bytes), Ok(vec![("\u{fffd}a".to_string(), b"v".to_vec())]));
-    }
-
-    #[test]
-    fn malformed_is_parse_failure() {
-        let good = expected_map_bytes();
-        // Every truncation that cuts into a key or value (or the table) fails, none panics.
-        for cut in 1..good.len() - 1 {
-            assert_eq!(deserialize_map(&good[..cut]), Err(Status::ParseFailure), "cut at {cut}");
-        }
-        // The final NUL may be missing.
-        assert!(deserialize_map(&good[..good.len() - 1]).is_ok());
-        // A count far beyond the buffer.
-        assert_eq!(deserialize_map(&[0xff, 0xff, 0xff, 0xff]), Err(Status::ParseFailure));
-        assert_eq!(deserialize_map(&[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]), Err(Status::ParseFailure));
-        assert_eq!(deserialize_map(&[1, 0]), Err(Status::ParseFailure));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::attempt::{AttemptSummary, BodyStep, ResponseHeaders};
 use crate::config::Config;
 use crate::degraded::LocalResponse;
 use crate::exchange::{Answer, Exchange, Mode, OverflowStep, RequestHead, ResumeStep, Step};
+use crate::header_map::HeaderMap;
 use crate::health::Health;
 use crate::plan::HeaderEdits;
 use crate::request_peek::RequestPeek;
@@ -24,7 +25,7 @@ pub struct Filter {
     context_id: u32,
     ex: Option<SharedExchange>,
     /// The request headers, kept while the request waits for its body.
-    held: Option<Vec<(String, Vec<u8>)>>,
+    held: Option<HeaderMap>,
     /// A streaming look at the body of a request routed at its headers (model, stream).
     peek: Option<RequestPeek>,
     /// The exchange is registered for the upstream filter.
@@ -61,7 +62,7 @@ impl Filter {
         cfg: &Config,
         ex: &SharedExchange,
         mut step: ResumeStep,
-        current: &[(String, Vec<u8>)],
+        current: &HeaderMap,
         in_call: bool,
     ) -> Action {
         loop {
@@ -238,13 +239,12 @@ fn clear_route_cache() {
 /// Stats of one finished attempt, per provider and model.
 pub fn emit_attempt(cfg: &Config, s: &AttemptSummary) {
     let Some(p) = cfg.providers.get(s.provider) else { return };
-    let model = metrics::model_tag(s.model.as_deref());
     let duration = s.end_ms.saturating_sub(s.start_ms);
     let ttft = s.first_content_ms.filter(|_| s.streamed).map(|t| t.saturating_sub(s.start_ms));
     let tpot = s.first_content_ms.filter(|_| s.streamed).and_then(|first| {
         telemetry::time_per_output_token_us(first * 1000, s.end_ms * 1000, s.output_tokens.unwrap_or(0))
     });
-    metrics::with_request_stats(&p.name, &model, |st| {
+    metrics::with_request_stats(&p.name, s.model.as_deref(), |st| {
         st.request(s.outcome);
         st.duration_ms(duration);
         for (kind, n) in [s.input_tokens, s.output_tokens].into_iter().enumerate() {
@@ -473,7 +473,7 @@ impl HttpContext for Filter {
         let mut replaced: Option<Vec<u8>> = None;
         if ex.mode == Mode::Single {
             let Some(a) = ex.single.as_mut() else { return Action::Continue };
-            let data = match a.reads_body_from(end_of_stream) {
+            let data = match a.reads_body_from(body_size, end_of_stream) {
                 Some(from) if body_size > from => abi::get_buffer(BufferType::HttpResponseBody, from, body_size - from)
                     .ok()
                     .flatten()

@@ -3,6 +3,10 @@
 //! small map. Every worker's VM defines the same names and so shares the same stats: counters
 //! and histograms aggregate across workers, and gauges are only ever moved with increments,
 //! never set, because a set from one worker would overwrite another's share.
+//!
+//! Counter increments are summed in the VM and handed to Envoy by the tick ([`flush_counters`],
+//! every 100 ms): a request makes no `increment_metric` call of its own (Envoy publishes stats
+//! to its sinks every few seconds anyway). Histogram samples and gauge moves are made at once.
 
 use super::abi;
 use crate::classify::Outcome;
@@ -82,8 +86,31 @@ impl RequestStats {
 
 fn add(id: u32, n: u64) {
     if id != NONE && n > 0 {
-        let _ = abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            match p.iter_mut().find(|(i, _)| *i == id) {
+                Some((_, sum)) => *sum = sum.saturating_add(n),
+                None => p.push((id, n)),
+            }
+        });
     }
+}
+
+/// Hands the counter increments summed since the last flush to Envoy (from the tick).
+pub fn flush_counters() {
+    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    for (id, n) in &pending {
+        let _ = abi::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
+    }
+    // Keep the allocation for the next batch.
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_empty() {
+            let mut v = pending;
+            v.clear();
+            *p = v;
+        }
+    });
 }
 
 fn record(id: u32, v: u64) {
@@ -92,24 +119,31 @@ fn record(id: u32, v: u64) {
     }
 }
 
-/// Runs `f` on the stats of (provider, model), defining them on first use.
-pub fn with_request_stats(provider: &str, model: &str, f: impl FnOnce(&mut RequestStats)) {
-    BY_PROVIDER_MODEL.with(|m| {
-        let mut m = m.borrow_mut();
-        let idx = match m.iter().position(|s| s.provider == provider && s.model == model) {
-            Some(i) => i,
-            None => {
-                m.push(RequestStats::new(provider, model));
+/// Runs `f` on the stats of (provider, the client's `model` as a tag), defining them on first
+/// use. A model seen before costs no allocation: its tag is matched, not built.
+pub fn with_request_stats(provider: &str, model: Option<&str>, f: impl FnOnce(&mut RequestStats)) {
+    let known = BY_PROVIDER_MODEL
+        .with(|m| m.borrow().iter().position(|s| s.provider == provider && telemetry::is_model_tag(model, &s.model)));
+    let idx = known.unwrap_or_else(|| {
+        let tag = model_tag(model);
+        BY_PROVIDER_MODEL.with(|m| {
+            let mut m = m.borrow_mut();
+            m.iter().position(|s| s.provider == provider && s.model == tag).unwrap_or_else(|| {
+                m.push(RequestStats::new(provider, &tag));
                 m.len() - 1
-            }
-        };
-        if let Some(stats) = m.get_mut(idx) {
+            })
+        })
+    });
+    BY_PROVIDER_MODEL.with(|m| {
+        if let Some(stats) = m.borrow_mut().get_mut(idx) {
             f(stats);
         }
     });
 }
 
 thread_local! {
+    /// Counter increments not yet handed to Envoy: (metric id, sum).
+    static PENDING: RefCell<Vec<(u32, u64)>> = const { RefCell::new(Vec::new()) };
     static IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
     /// Bounded: providers × (MAX_MODELS + 1).
     static BY_PROVIDER_MODEL: RefCell<Vec<RequestStats>> = const { RefCell::new(Vec::new()) };
@@ -147,7 +181,7 @@ pub fn gauge_add(name: String, delta: i64) {
 }
 
 /// The model's stat tag: sanitized, and `other` once this VM has seen MAX_MODELS names.
-pub fn model_tag(model: Option<&str>) -> String {
+fn model_tag(model: Option<&str>) -> String {
     let tag = telemetry::sanitize_model(model);
     MODELS.with(|m| {
         let mut m = m.borrow_mut();
@@ -196,7 +230,11 @@ pub fn flush_host_calls() {
     let counts = abi::tally::take();
     for (name, n) in abi::tally::NAMES.iter().zip(counts) {
         if n > 0 {
-            counter(format!("llm_failover.debug.host_calls.fn.{name}"), n);
+            // At once, not batched: the tick's flush of real counters is counted, not this.
+            let id = id(MetricType::Counter, format!("llm_failover.debug.host_calls.fn.{name}"));
+            if id != NONE {
+                let _ = abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
     }
     let _ = abi::tally::take();

@@ -79,15 +79,36 @@ pub fn now_ms() -> u64 {
     now_us() / 1000
 }
 
-/// A random u32 from WASI `random_get`; a fixed midpoint if the host cannot give one.
+thread_local! {
+    /// This VM's generator state (see [`next_random`]); 0 until seeded.
+    static RANDOM: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A per-VM generator (SplitMix64) seeded once from WASI `random_get`: one host call per VM
+/// instead of one per request. Its numbers (answer ids, backoff jitter) must differ between
+/// requests and VMs, not be secret.
+fn next_random() -> u64 {
+    RANDOM.with(|state| {
+        let mut x = state.get();
+        if x == 0 {
+            abi::tally::count(abi::tally::HostFn::RandomGet);
+            x = getrandom::u64().unwrap_or_else(|_| now_us() ^ 0x5DEE_CE66_D1CE_5EED) | 1;
+        }
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(x);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+/// A random u32 (backoff jitter).
 pub fn random_u32() -> u32 {
-    abi::tally::count(abi::tally::HostFn::RandomGet);
-    getrandom::u32().unwrap_or(u32::MAX / 2)
+    (next_random() >> 32) as u32
 }
 
 /// A random u64 (ids of answers the filter writes).
 pub fn random_u64() -> u64 {
-    // One WASI call for the eight bytes.
-    abi::tally::count(abi::tally::HostFn::RandomGet);
-    getrandom::u64().unwrap_or(u64::MAX / 2)
+    next_random()
 }

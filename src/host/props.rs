@@ -21,7 +21,7 @@ pub fn property_u64(path: &[&str]) -> Option<u64> {
 /// The response headers, read in one host call, and a lookup into them.
 pub fn response_headers() -> impl Fn(&str) -> Option<String> {
     let map = abi::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
-    move |name: &str| map.iter().find(|(k, _)| k == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+    move |name: &str| map.get(name).map(str::to_string)
 }
 
 pub fn response_header(name: &str) -> Option<String> {

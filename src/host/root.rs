@@ -2,8 +2,9 @@
 //! `llm-failover`, any name not ending in `upstream`) loads and validates the configuration once
 //! per VM and shares it with the VM's other contexts; the upstream filter (a `root_id` ending in
 //! `upstream`, e.g. `llm-failover-upstream`, same `vm_id`) runs each attempt with that same
-//! configuration. The tick of every VM flushes the worker's batched successes and counted
-//! requests, answers requests held for a body that never came, and resets stalled streams.
+//! configuration. The tick of every VM flushes the worker's batched successes, counted
+//! requests and counter increments, answers requests held for a body that never came, and
+//! resets stalled streams.
 
 use super::filter::Filter;
 use super::props::property_string;
@@ -69,6 +70,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        metrics::flush_counters();
         let now = super::now_ms();
         for id in registry::stalled(now) {
             reset_stalled(id);

@@ -103,8 +103,7 @@ impl HttpContext for Upstream {
             property_u64(&["upstream", "request_attempt_count"]).and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
         let landed = property_string(&PROVIDER_METADATA);
         let headers = abi::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let current =
-            |name: &str| headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok());
+        let current = |name: &str| headers.get(name).map(str::to_string);
         let now = now_ms();
         let start = ex.borrow_mut().start_attempt(
             &cfg,
@@ -174,7 +173,7 @@ impl HttpContext for Upstream {
             return Action::Continue;
         }
         let Some(a) = self.attempt.clone() else { return Action::Continue };
-        let from = a.borrow().reads_body_from(end_of_stream);
+        let from = a.borrow_mut().reads_body_from(body_size, end_of_stream);
         let data = match from {
             Some(from) if body_size > from => {
                 abi::get_buffer(BufferType::HttpResponseBody, from, body_size - from).ok().flatten().unwrap_or_default()

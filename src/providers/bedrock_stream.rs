@@ -287,16 +287,26 @@ pub fn write_sse(out: &mut Vec<u8>, event: &[u8], data: &[u8]) {
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+/// Each byte's 6-bit value in the standard alphabet; 0xFF for any other byte.
+const B64_VALUES: [u8; 256] = b64_values();
+
+// `i < 64` is the loop bound; no `get_mut` in a const fn on the crate's minimum Rust.
+#[allow(clippy::indexing_slicing)]
+const fn b64_values() -> [u8; 256] {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 64 {
+        t[B64[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+}
+
 fn b64_value(c: u8) -> Option<u32> {
-    let v = match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    };
-    Some(u32::from(v))
+    match B64_VALUES.get(usize::from(c)) {
+        Some(&v) if v != 0xFF => Some(u32::from(v)),
+        _ => None,
+    }
 }
 
 /// Invalid base64 (bad character, misplaced padding or impossible length).
@@ -319,12 +329,20 @@ pub fn base64_decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), Base64Error>
     }
     out.reserve(data.len() / 4 * 3 + 2);
     let mut groups = data.chunks_exact(4);
-    for g in &mut groups {
-        let mut n = 0u32;
-        for &c in g {
-            n = (n << 6) | b64_value(c).ok_or(Base64Error)?;
+    // Whole groups are written in place: one table lookup per character, one check per group.
+    let start = out.len();
+    out.resize(start + groups.len() * 3, 0);
+    let dst = out.get_mut(start..).unwrap_or_default();
+    for (g, d) in (&mut groups).zip(dst.chunks_exact_mut(3)) {
+        let (Ok(g), Ok(d)) = (<&[u8; 4]>::try_from(g), <&mut [u8; 3]>::try_from(d)) else { break };
+        let v = |c: u8| B64_VALUES.get(usize::from(c)).copied().unwrap_or(0xFF);
+        let (a, b, c, e) = (v(g[0]), v(g[1]), v(g[2]), v(g[3]));
+        if (a | b | c | e) & 0x80 != 0 {
+            out.truncate(start);
+            return Err(Base64Error);
         }
-        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        let n = (u32::from(a) << 18) | (u32::from(b) << 12) | (u32::from(c) << 6) | u32::from(e);
+        *d = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
     }
     let tail = groups.remainder();
     if !tail.is_empty() {

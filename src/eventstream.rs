@@ -33,64 +33,57 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 // ---------------------------------------------------------------------------------------------
 // CRC-32/ISO-HDLC (reflected, polynomial 0xEDB88320, init and xorout 0xFFFFFFFF): zlib's crc32.
 
-/// Slicing-by-8 tables: `CRC_TABLES[0]` is the classic byte table; `CRC_TABLES[k]` advances a
-/// byte's CRC by k more zero bytes, so eight bytes cost one step instead of eight (every frame
-/// of a Bedrock stream is checked whole).
-const CRC_TABLES: [[u32; 256]; 8] = crc_tables();
-
-// `i < 256` and `k < 8` are the loop bounds; no `get_mut` in a const fn on the crate's minimum Rust.
-#[allow(clippy::indexing_slicing)]
-const fn crc_tables() -> [[u32; 256]; 8] {
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            k += 1;
+/// Slicing-by-8 tables: `tables[0]` is the classic byte table; `tables[k]` advances a byte's
+/// CRC by k more zero bytes, so eight bytes cost one step instead of eight (every frame of a
+/// Bedrock stream is checked whole). Built on first use (8 KB not carried in the module).
+fn crc_tables() -> &'static [[u32; 256]; 8] {
+    static TABLES: std::sync::OnceLock<[[u32; 256]; 8]> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut t = [[0u32; 256]; 8];
+        for (i, slot) in t[0].iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+            *slot = c;
         }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut k = 1;
-    while k < 8 {
-        let mut i = 0;
-        while i < 256 {
-            let prev = t[k - 1][i];
-            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
-            i += 1;
+        for k in 1..8 {
+            let (done, rest) = t.split_at_mut(k);
+            let (Some(prev), Some(first), Some(next)) = (done.last(), done.first(), rest.first_mut()) else { break };
+            for (slot, &p) in next.iter_mut().zip(prev.iter()) {
+                *slot = (p >> 8) ^ first.get((p & 0xFF) as usize).copied().unwrap_or(0);
+            }
         }
-        k += 1;
-    }
-    t
+        t
+    })
 }
 
 /// The table entry for the low byte of `x` (an index below 256 by construction).
 #[inline(always)]
-fn crc_at(table: usize, x: u32) -> u32 {
-    CRC_TABLES.get(table).and_then(|t| t.get((x & 0xFF) as usize)).copied().unwrap_or(0)
+fn crc_at(tables: &[[u32; 256]; 8], table: usize, x: u32) -> u32 {
+    tables.get(table).and_then(|t| t.get((x & 0xFF) as usize)).copied().unwrap_or(0)
 }
 
 /// Continues a CRC-32 (start with `0`): `crc32_update(crc32_update(0, a), b) == crc32(a ++ b)`.
 pub fn crc32_update(crc: u32, bytes: &[u8]) -> u32 {
+    let t = crc_tables();
     let mut c = !crc;
     let mut words = bytes.chunks_exact(8);
     for w in &mut words {
         let Ok(w) = <&[u8; 8]>::try_from(w) else { break };
         let lo = c ^ u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
         let hi = u32::from_le_bytes([w[4], w[5], w[6], w[7]]);
-        c = crc_at(7, lo)
-            ^ crc_at(6, lo >> 8)
-            ^ crc_at(5, lo >> 16)
-            ^ crc_at(4, lo >> 24)
-            ^ crc_at(3, hi)
-            ^ crc_at(2, hi >> 8)
-            ^ crc_at(1, hi >> 16)
-            ^ crc_at(0, hi >> 24);
+        c = crc_at(t, 7, lo)
+            ^ crc_at(t, 6, lo >> 8)
+            ^ crc_at(t, 5, lo >> 16)
+            ^ crc_at(t, 4, lo >> 24)
+            ^ crc_at(t, 3, hi)
+            ^ crc_at(t, 2, hi >> 8)
+            ^ crc_at(t, 1, hi >> 16)
+            ^ crc_at(t, 0, hi >> 24);
     }
     for &b in words.remainder() {
-        c = crc_at(0, c ^ u32::from(b)) ^ (c >> 8);
+        c = crc_at(t, 0, c ^ u32::from(b)) ^ (c >> 8);
     }
     !c
 }

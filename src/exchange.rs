@@ -732,6 +732,15 @@ impl Exchange {
         self.mode == Mode::Single
     }
 
+    /// Does [`Exchange::on_response_headers`] use the time for an answer of this content type?
+    /// Only a single-mode stream's (its first token and stall watch start there); otherwise the
+    /// host need not read the clock and passes 0.
+    pub fn reads_clock_at_response(&self, content_type: &str) -> bool {
+        self.mode == Mode::Single
+            && (content_type.starts_with("text/event-stream")
+                || content_type.starts_with("application/vnd.amazon.eventstream"))
+    }
+
     /// The response headers as the downstream filter sees them: in attempts mode the final
     /// response (a failure that still reaches it becomes the degraded answer), in single mode the
     /// one attempt's (a provider failure becomes the degraded answer unless the config says to

@@ -9,8 +9,10 @@
 //! - [`sse`], [`window`], [`request_peek`], [`usage`]: incremental SSE parsing; the rolling
 //!   bucket window; streaming looks at the request's `model`/`stream` and the answer's tokens.
 //! - [`header_map`]: the host's header maps, read in place.
-//! - [`telemetry`]: stat names and the per-request record behind stats and access-log fields.
+//! - [`telemetry`]: stat names and the per-request record behind stats and access-log fields;
+//!   [`access_log`]: that record as the one FlatBuffers value Envoy's access log reads.
 
+pub mod access_log;
 pub mod attempt;
 pub mod breaker;
 pub mod budget;

@@ -348,7 +348,7 @@ def test_with_continuation_off_the_client_gets_an_error_event():
             assert STORY.startswith(r.text) and r.text != STORY, r.text
             assert continuations(s, second) == [], "nobody was asked"
         # Nothing was kept for a continuation, so none is reported.
-        assert access_log(s)[-1]["llm_continuation"] is None
+        assert access_log(s)[-1]["llm_continuation"] == ""
 
 
 def test_with_the_budget_spent_the_client_gets_an_error_event():

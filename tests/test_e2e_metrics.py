@@ -118,7 +118,7 @@ def test_access_log_fields(stack):
     assert first["llm_provider"] == "primary" and first["llm_model"] == MODEL
     assert first["llm_outcome"] == "success" and first["llm_attempts"] == "1"
     assert first["llm_input_tokens"] == str(IN) and first["llm_output_tokens"] == str(OUT)
-    assert first["llm_ttft_ms"] is not None
+    assert first["llm_ttft_ms"].isdigit(), first
     assert first["llm_tried"] == "primary:success"
     # The three that met the outage: tried the primary, answered by the fallback.
     replayed = [entry for entry in lines if entry["llm_attempts"] == "2"]
@@ -126,7 +126,7 @@ def test_access_log_fields(stack):
     for entry in replayed:
         assert entry["llm_tried"] == "primary:overloaded,fallback:success"
         assert entry["llm_provider"] == "fallback" and entry["llm_outcome"] == "success"
-        assert entry["llm_degraded_reason"] is None and entry["upstream_cluster"] == "llm_messages"
+        assert entry["llm_degraded_reason"] == "" and entry["upstream_cluster"] == "llm_messages"
     # Breaker open: straight to the fallback's own cluster.
     rerouted = lines[-1]
     assert rerouted["llm_provider"] == "fallback" and rerouted["llm_attempts"] == "1"
@@ -144,7 +144,7 @@ def test_access_log_of_a_degraded_answer_without_any_provider(stack):
     last = lines[-1]
     assert last["llm_degraded_reason"] == "no_provider_available"
     # No provider was tried.
-    assert last["llm_provider"] is None and last["llm_attempts"] is None and last["llm_model"] == MODEL
+    assert last["llm_provider"] == "" and last["llm_attempts"] == "" and last["llm_model"] == MODEL
 
 
 def test_client_chosen_model_names_cannot_blow_up_the_stats(stack):

@@ -542,3 +542,17 @@ fn a_request_routed_at_its_headers_keeps_its_body_only_while_it_may_stream() {
     ex.body_chunk(&cfg, b"{\"model\":\"m\",\"stream\":false}", false, true);
     assert!(!ex.body_available() && !ex.keeps_body(&cfg, false, true), "not a stream: nothing kept");
 }
+
+#[test]
+fn the_clock_is_read_at_the_answer_only_for_a_single_mode_stream() {
+    let c = cfg();
+    let h = headers(&[]);
+    let head = RequestHead { headers: &h, end_of_stream: false };
+    let single = Exchange::new(&c, 0, &head, false, 0, 1);
+    assert!(single.reads_clock_at_response("text/event-stream; charset=utf-8"));
+    assert!(single.reads_clock_at_response("application/vnd.amazon.eventstream"));
+    assert!(!single.reads_clock_at_response("application/json"));
+    let attempts = Exchange::new(&c, 0, &head, true, 0, 1);
+    assert_eq!(attempts.mode, Mode::Attempts);
+    assert!(!attempts.reads_clock_at_response("text/event-stream"));
+}

@@ -550,6 +550,30 @@ pub fn serialize_map<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Result
     Ok(out)
 }
 
+/// The arguments of Envoy's `declare_property` foreign function: a serialized
+/// `envoy.source.extensions.common.wasm.DeclarePropertyArguments` (name = 1, type = 3, schema =
+/// 4; the life span left at its default, the filter chain's, as for undeclared properties).
+/// `kind`: 0 bytes, 1 string, 2 FlatBuffers, 3 protobuf.
+pub fn declare_property_args(name: &str, kind: u8, schema: &[u8]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: usize) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut out = Vec::with_capacity(name.len() + schema.len() + 12);
+    out.push(0x0a);
+    varint(&mut out, name.len());
+    out.extend_from_slice(name.as_bytes());
+    out.push(0x18);
+    out.push(kind);
+    out.push(0x22);
+    varint(&mut out, schema.len());
+    out.extend_from_slice(schema);
+    out
+}
+
 /// Encodes a property path as the SDK does: the segments joined by NUL (no trailing NUL), e.g.
 /// `["request", "path"]` is `b"request\0path"`; an empty path is empty.
 pub fn serialize_path(path: &[&str]) -> Vec<u8> {
@@ -601,6 +625,15 @@ mod tests {
             let back = HeaderMap::parse(serialize_map(&pairs).unwrap()).unwrap();
             assert_eq!(back, HeaderMap::from_pairs(&pairs));
         }
+    }
+
+    #[test]
+    fn declare_property_arguments_are_the_proto() {
+        let schema = vec![7u8; 200];
+        let a = declare_property_args("llm_failover", 2, &schema);
+        assert_eq!(&a[..14], b"\x0a\x0cllm_failover");
+        assert_eq!(&a[14..19], &[0x18, 2, 0x22, 0xc8, 0x01]);
+        assert_eq!(&a[19..], &schema[..]);
     }
 
     #[test]

@@ -417,7 +417,9 @@ impl HttpContext for Filter {
         let (Some(cfg), Some(ex)) = (self.cfg.clone(), self.ex.clone()) else { return Action::Continue };
         if self.held.is_some() {
             // A reply while the request waited for its body: the tick's degraded answer.
-            ex.borrow_mut().replied = true;
+            let mut ex = ex.borrow_mut();
+            ex.replied = true;
+            ex.degraded = Some(crate::degraded::DegradedReason::NoProviderAvailable);
             return Action::Continue;
         }
         let mut ex = ex.borrow_mut();
@@ -435,7 +437,8 @@ impl HttpContext for Filter {
             let ok = (200..300).contains(&status);
             ResponseHeaders { status, details: if ok { None } else { details() }, ..Default::default() }
         };
-        let answer = ex.on_response_headers(&cfg, &headers.head(), now_ms());
+        let now = if ex.reads_clock_at_response(&headers.content_type) { now_ms() } else { 0 };
+        let answer = ex.on_response_headers(&cfg, &headers.head(), now);
         if ex.upstream_filter_missing {
             warn_no_upstream_filter();
         }
@@ -577,9 +580,8 @@ impl HttpContext for Filter {
             metrics::histogram(telemetry::request_attempts(), u64::from(ex.attempts_started));
         }
         metrics::report_memory();
-        for (name, value) in record.fields() {
-            let _ = abi::set_property(&[name], Some(value.as_bytes()));
-        }
+        // The whole record in one call (see `access_log`).
+        let _ = abi::set_property(&[super::root::RECORD_PROPERTY], Some(&crate::access_log::encode(&record)));
         #[cfg(feature = "host-call-stats")]
         metrics::flush_host_calls();
     }

@@ -15,6 +15,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 use std::rc::Rc;
 
+/// The filter state the access-log record is set as (`wasm.llm_failover`).
+pub const RECORD_PROPERTY: &str = "llm_failover";
+
 /// Tick of every VM: flushes batched successes, answers held requests, resets stalls.
 const TICK_MS: u32 = 100;
 
@@ -44,6 +47,11 @@ impl RootContext for Root {
         };
         match config::parse(&bytes, |k| std::env::var(k).ok()) {
             Ok(cfg) => {
+                // The access-log record's type, so that Envoy's CEL reads its fields.
+                let args = abi::declare_property_args(RECORD_PROPERTY, 2, crate::access_log::SCHEMA);
+                if let Err(e) = abi::call_foreign_function("declare_property", &args) {
+                    log::warn!("cannot declare the access-log record wasm.{RECORD_PROPERTY} ({e:?}): %CEL(filter_state['wasm.{RECORD_PROPERTY}'].<field>)% will not read its fields");
+                }
                 shared::reset_pending();
                 let _ = abi::set_tick_period_ms(TICK_MS);
                 metrics::report_memory();

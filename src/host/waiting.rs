@@ -15,7 +15,6 @@
 use super::abi;
 use crate::config::{ClientApi as Api, DegradedMode, DegradedSettings};
 use crate::degraded::{degraded_response, DegradedReason};
-use crate::telemetry;
 use std::cell::RefCell;
 
 /// How long a request may wait for its body before the tick answers it.
@@ -72,9 +71,8 @@ pub fn answer_overdue(now_ms: u64, settings: &DegradedSettings) {
         let reason = DegradedReason::NoProviderAvailable;
         let resp = degraded_response(&error_form, api, None, false, reason, u64::from(id));
         let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        if abi::send_local_response(resp.status, &headers, &resp.body, "llm_failover_degraded").is_ok() {
-            super::metrics::counter(telemetry::degraded(reason.as_str()), 1);
-            let _ = abi::set_property(&["llm_failover.degraded_reason"], Some(reason.as_str().as_bytes()));
-        }
+        // Its degraded counter and access-log reason come from its own context (the reply's
+        // response headers pass through it).
+        let _ = abi::send_local_response(resp.status, &headers, &resp.body, "llm_failover_degraded");
     }
 }

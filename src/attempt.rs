@@ -24,6 +24,16 @@ use crate::usage::UsageScanner;
 /// `retry_policy.retriable_headers`).
 pub const RETRY_HEADER: &str = "x-llm-failover-retry";
 
+/// An AWS event-stream answer (Bedrock's streams).
+pub fn is_event_stream(content_type: &str) -> bool {
+    content_type.starts_with("application/vnd.amazon.eventstream")
+}
+
+/// A streamed answer: SSE, or an AWS event stream.
+pub fn is_stream(content_type: &str) -> bool {
+    content_type.starts_with("text/event-stream") || is_event_stream(content_type)
+}
+
 /// The bytes of a JSON answer's chunk scanned for its usage (its end): a passed-through
 /// answer longer than this is not copied into the VM whole.
 pub const JSON_USAGE_TAIL: usize = 4096;
@@ -352,8 +362,8 @@ impl Attempt {
             self.first_content_ms = Some(now_ms);
             return HeadStep::Continue(edits);
         }
-        let event_stream = head.content_type.starts_with("application/vnd.amazon.eventstream");
-        if event_stream || head.content_type.starts_with("text/event-stream") {
+        let event_stream = is_event_stream(head.content_type);
+        if event_stream || is_stream(head.content_type) {
             let p = StreamPipeline::new(
                 self.setup.api,
                 event_stream,

@@ -736,9 +736,14 @@ impl Exchange {
     /// Only a single-mode stream's (its first token and stall watch start there); otherwise the
     /// host need not read the clock and passes 0.
     pub fn reads_clock_at_response(&self, content_type: &str) -> bool {
-        self.mode == Mode::Single
-            && (content_type.starts_with("text/event-stream")
-                || content_type.starts_with("application/vnd.amazon.eventstream"))
+        self.mode == Mode::Single && crate::attempt::is_stream(content_type)
+    }
+
+    /// A reply reached the client while the request waited for its body: the tick's degraded
+    /// answer (no provider could be asked in time). Recorded as such for the stats and the log.
+    pub fn answered_while_held(&mut self) {
+        self.replied = true;
+        self.degraded = Some(DegradedReason::NoProviderAvailable);
     }
 
     /// The response headers as the downstream filter sees them: in attempts mode the final

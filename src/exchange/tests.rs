@@ -556,3 +556,19 @@ fn the_clock_is_read_at_the_answer_only_for_a_single_mode_stream() {
     assert_eq!(attempts.mode, Mode::Attempts);
     assert!(!attempts.reads_clock_at_response("text/event-stream"));
 }
+
+#[test]
+fn a_request_answered_by_the_tick_while_held_is_recorded_as_degraded() {
+    let c = cfg();
+    let h = headers(&[]);
+    let head = RequestHead { headers: &h, end_of_stream: false };
+    let mut ex = Exchange::new(&c, 0, &head, true, 0, 1);
+    assert_eq!(ex.on_request_headers(&c, &head, &mut MemHealth::new(c.providers.len(), &c.breaker)), Step::Hold);
+    ex.answered_while_held();
+    let r = ex.record(&c, 5);
+    assert_eq!((r.degraded_reason, r.provider, r.attempts), (Some("no_provider_available"), None, 0));
+    assert_eq!(
+        ex.on_response_headers(&c, &ResponseHead { status: 503, ..Default::default() }, 0),
+        Answer::Pass(vec![])
+    );
+}

@@ -416,10 +416,7 @@ impl HttpContext for Filter {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let (Some(cfg), Some(ex)) = (self.cfg.clone(), self.ex.clone()) else { return Action::Continue };
         if self.held.is_some() {
-            // A reply while the request waited for its body: the tick's degraded answer.
-            let mut ex = ex.borrow_mut();
-            ex.replied = true;
-            ex.degraded = Some(crate::degraded::DegradedReason::NoProviderAvailable);
+            ex.borrow_mut().answered_while_held();
             return Action::Continue;
         }
         let mut ex = ex.borrow_mut();

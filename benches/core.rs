@@ -220,7 +220,7 @@ fn decisions(c: &mut Criterion) {
             let s = a.finish(1_004, 0, false);
             ex.end_attempt(s);
             let r = ex.record(cfg, 1_005);
-            black_box(r.fields())
+            black_box(llm_failover::access_log::encode(&r))
         })
     });
     g.bench_function("degraded answer (SSE)", |b| {

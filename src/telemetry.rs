@@ -118,7 +118,7 @@ pub fn time_per_output_token(provider: &str, model: &str) -> String {
     format!("gen_ai.server.time_per_output_token.{}", pm(provider, model))
 }
 
-/// What one request did, for stats and the access log.
+/// What one request did, for stats and the access log (written by [`crate::access_log::encode`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestRecord {
     pub provider: Option<String>,
@@ -137,32 +137,6 @@ pub struct RequestRecord {
     pub continuation: Option<String>,
     /// The provider whose continuation finished the answer (`provider` started it).
     pub finished_by: Option<String>,
-}
-
-impl RequestRecord {
-    /// The access-log fields as (filter-state name, value); absent values are left out.
-    /// Envoy's access log reads them as `%FILTER_STATE(wasm.<name>:PLAIN)%`.
-    pub fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::with_capacity(12);
-        let mut put = |k: &'static str, v: Option<String>| {
-            if let Some(v) = v {
-                out.push((k, v));
-            }
-        };
-        put("llm_failover.provider", self.provider.clone());
-        put("llm_failover.model", self.model.clone());
-        put("llm_failover.attempts", (self.attempts > 0).then(|| self.attempts.to_string()));
-        put("llm_failover.tried", self.tried.clone());
-        put("llm_failover.outcome", self.outcome.map(str::to_string));
-        put("llm_failover.degraded_reason", self.degraded_reason.map(str::to_string));
-        put("llm_failover.input_tokens", self.input_tokens.map(|v| v.to_string()));
-        put("llm_failover.output_tokens", self.output_tokens.map(|v| v.to_string()));
-        put("llm_failover.ttft_ms", self.ttft_ms.map(|v| v.to_string()));
-        put("llm_failover.duration_ms", self.duration_ms.map(|v| v.to_string()));
-        put("llm_failover.continuation", self.continuation.clone());
-        put("llm_failover.finished_by", self.finished_by.clone());
-        out
-    }
 }
 
 /// Time per output token (µs), OpenTelemetry's definition: the time after the first token
@@ -202,27 +176,6 @@ mod tests {
         }
         assert!(!is_model_tag(Some("gpt-4o"), "gpt-4"));
         assert!(!is_model_tag(Some("a.b"), "a.b"));
-    }
-
-    #[test]
-    fn record_fields_skip_what_is_unknown() {
-        let r = RequestRecord {
-            provider: Some("fallback".into()),
-            attempts: 2,
-            outcome: Some("success"),
-            output_tokens: Some(5),
-            ..Default::default()
-        };
-        let f = r.fields();
-        assert_eq!(
-            f,
-            vec![
-                ("llm_failover.provider", "fallback".to_string()),
-                ("llm_failover.attempts", "2".to_string()),
-                ("llm_failover.outcome", "success".to_string()),
-                ("llm_failover.output_tokens", "5".to_string()),
-            ]
-        );
     }
 
     #[test]

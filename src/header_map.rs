@@ -3,7 +3,8 @@
 //! from an SDK carries 15-20 headers, and every request reads its headers and its answer's).
 //!
 //! The serialization: count (u32 LE), then (key length, value length) per pair (u32 LE each),
-//! then each key and each value followed by a NUL.
+//! then each key and each value followed by a NUL. [`serialize`] writes it (headers the filter
+//! hands the host), and [`serialize_path`] a property path, as the SDK does.
 
 /// Byte ranges of one pair in [`HeaderMap::buf`]: key start, key length, value start, value length.
 type Span = [u32; 4];
@@ -114,6 +115,45 @@ impl HeaderMap {
     }
 }
 
+/// Encodes pairs as a proxy-wasm map. `Malformed` if a length does not fit its u32.
+pub fn serialize<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Result<Vec<u8>, Malformed> {
+    let mut size: usize = 4;
+    for (k, v) in pairs {
+        size = size
+            .checked_add(k.as_ref().len())
+            .and_then(|s| s.checked_add(v.as_ref().len()))
+            .and_then(|s| s.checked_add(10))
+            .ok_or(Malformed)?;
+    }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&u32_of(pairs.len())?.to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&u32_of(k.as_ref().len())?.to_le_bytes());
+        out.extend_from_slice(&u32_of(v.as_ref().len())?.to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_ref());
+        out.push(0);
+        out.extend_from_slice(v.as_ref());
+        out.push(0);
+    }
+    Ok(out)
+}
+
+/// Encodes a property path as the SDK does: the segments joined by NUL (no trailing NUL), e.g.
+/// `["request", "path"]` is `b"request\0path"`; an empty path is empty.
+pub fn serialize_path(path: &[&str]) -> Vec<u8> {
+    let size = path.iter().fold(0usize, |n, s| n.saturating_add(s.len()).saturating_add(1));
+    let mut out = Vec::with_capacity(size);
+    for (i, segment) in path.iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(segment.as_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +184,25 @@ mod tests {
         assert_eq!(m.len(), 4);
         assert!(HeaderMap::parse(vec![]).unwrap().is_empty());
         assert!(HeaderMap::parse(vec![0, 0, 0, 0]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn serializes_like_the_sdk_and_reads_back_in_place() {
+        assert_eq!(serialize(MAP), Ok(map_bytes()));
+        let empty: &[(&str, &str)] = &[];
+        assert_eq!(serialize(empty), Ok(vec![0, 0, 0, 0]));
+        for i in 0..=255u8 {
+            let pairs: Vec<(&str, Vec<u8>)> = vec![("c", vec![i]), ("", vec![]), ("k", vec![0, i, 0])];
+            assert_eq!(HeaderMap::parse(serialize(&pairs).unwrap()).unwrap(), HeaderMap::from_pairs(&pairs));
+        }
+    }
+
+    #[test]
+    fn path_is_nul_separated() {
+        assert_eq!(serialize_path(&[]), Vec::<u8>::new());
+        assert_eq!(serialize_path(&["request"]), b"request".to_vec());
+        assert_eq!(serialize_path(&["request", "path"]), b"request\0path".to_vec());
+        assert_eq!(serialize_path(&["a", "", "b"]), b"a\0\0b".to_vec());
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! Presence: a call the host answers `Ok` yields `Some` (an empty value comes back as a null
 //! pointer and becomes `Some(vec![])`); only `NotFound` yields `None`.
 
-use crate::header_map::HeaderMap;
+use crate::header_map::{self, serialize_path, HeaderMap};
 pub use proxy_wasm::types::Status;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
 use std::ptr::{null, null_mut};
@@ -521,128 +521,17 @@ unsafe fn take_host_buffer(ptr: *mut u8, len: usize) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Serialization (pure; the same formats as the SDK's `hostcalls::utils`)
+// Serialization: the pure encoders live in the core (`header_map`), tested natively.
 // ---------------------------------------------------------------------------------------------
 
-/// Encodes pairs as a proxy-wasm map: count (u32 LE), (key length, value length) per pair (u32
-/// LE each), then each key and each value followed by a NUL. `BadArgument` if a length overflows.
-pub fn serialize_map<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Result<Vec<u8>> {
-    let mut size: usize = 4;
-    for (k, v) in pairs {
-        size = size
-            .checked_add(k.as_ref().len())
-            .and_then(|s| s.checked_add(v.as_ref().len()))
-            .and_then(|s| s.checked_add(10))
-            .ok_or(Status::BadArgument)?;
-    }
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&len_u32(pairs.len())?.to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&len_u32(k.as_ref().len())?.to_le_bytes());
-        out.extend_from_slice(&len_u32(v.as_ref().len())?.to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_ref());
-        out.push(0);
-        out.extend_from_slice(v.as_ref());
-        out.push(0);
-    }
-    Ok(out)
-}
-
-/// The arguments of Envoy's `declare_property` foreign function: a serialized
-/// `envoy.source.extensions.common.wasm.DeclarePropertyArguments` (name = 1, type = 3, schema =
-/// 4; the life span left at its default, the filter chain's, as for undeclared properties).
-/// `kind`: 0 bytes, 1 string, 2 FlatBuffers, 3 protobuf.
-pub fn declare_property_args(name: &str, kind: u8, schema: &[u8]) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, mut v: usize) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    let mut out = Vec::with_capacity(name.len() + schema.len() + 12);
-    out.push(0x0a);
-    varint(&mut out, name.len());
-    out.extend_from_slice(name.as_bytes());
-    out.push(0x18);
-    out.push(kind);
-    out.push(0x22);
-    varint(&mut out, schema.len());
-    out.extend_from_slice(schema);
-    out
-}
-
-/// Encodes a property path as the SDK does: the segments joined by NUL (no trailing NUL), e.g.
-/// `["request", "path"]` is `b"request\0path"`; an empty path is empty.
-pub fn serialize_path(path: &[&str]) -> Vec<u8> {
-    let size = path.iter().fold(0usize, |n, s| n.saturating_add(s.len()).saturating_add(1));
-    let mut out = Vec::with_capacity(size);
-    for (i, segment) in path.iter().enumerate() {
-        if i > 0 {
-            out.push(0);
-        }
-        out.extend_from_slice(segment.as_bytes());
-    }
-    out
-}
-
-/// A length as the u32 of the wire format.
-fn len_u32(len: usize) -> Result<u32> {
-    u32::try_from(len).map_err(|_| Status::BadArgument)
+/// Encodes pairs as a proxy-wasm map; `BadArgument` if a length overflows.
+fn serialize_map<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Result<Vec<u8>> {
+    header_map::serialize(pairs).map_err(|_| Status::BadArgument)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The SDK's test map, in its serialized form.
-    const MAP: &[(&str, &str)] =
-        &[(":method", "GET"), (":path", "/bytes/1"), (":authority", "httpbin.org"), ("Powered-By", "proxy-wasm")];
-
-    fn expected_map_bytes() -> Vec<u8> {
-        let mut v = vec![4, 0, 0, 0];
-        v.extend_from_slice(&[7, 0, 0, 0, 3, 0, 0, 0]);
-        v.extend_from_slice(&[5, 0, 0, 0, 8, 0, 0, 0]);
-        v.extend_from_slice(&[10, 0, 0, 0, 11, 0, 0, 0]);
-        v.extend_from_slice(&[10, 0, 0, 0, 10, 0, 0, 0]);
-        v.extend_from_slice(b":method\0GET\0:path\0/bytes/1\0:authority\0httpbin.org\0Powered-By\0proxy-wasm\0");
-        v
-    }
-
-    #[test]
-    fn serializes_like_the_sdk() {
-        assert_eq!(serialize_map(MAP), Ok(expected_map_bytes()));
-        let empty: &[(&str, &str)] = &[];
-        assert_eq!(serialize_map(empty), Ok(vec![0, 0, 0, 0]));
-    }
-
-    #[test]
-    fn what_it_serializes_reads_back_in_place() {
-        for i in 0..=255u8 {
-            let pairs: Vec<(&str, Vec<u8>)> = vec![("c", vec![i]), ("", vec![]), ("k", vec![0, i, 0])];
-            let back = HeaderMap::parse(serialize_map(&pairs).unwrap()).unwrap();
-            assert_eq!(back, HeaderMap::from_pairs(&pairs));
-        }
-    }
-
-    #[test]
-    fn declare_property_arguments_are_the_proto() {
-        let schema = vec![7u8; 200];
-        let a = declare_property_args("llm_failover", 2, &schema);
-        assert_eq!(&a[..14], b"\x0a\x0cllm_failover");
-        assert_eq!(&a[14..19], &[0x18, 2, 0x22, 0xc8, 0x01]);
-        assert_eq!(&a[19..], &schema[..]);
-    }
-
-    #[test]
-    fn path_is_nul_separated() {
-        assert_eq!(serialize_path(&[]), Vec::<u8>::new());
-        assert_eq!(serialize_path(&["request"]), b"request".to_vec());
-        assert_eq!(serialize_path(&["request", "path"]), b"request\0path".to_vec());
-        assert_eq!(serialize_path(&["a", "", "b"]), b"a\0\0b".to_vec());
-    }
 
     #[test]
     fn unknown_status_codes_are_internal_failure() {

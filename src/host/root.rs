@@ -48,7 +48,7 @@ impl RootContext for Root {
         match config::parse(&bytes, |k| std::env::var(k).ok()) {
             Ok(cfg) => {
                 // The access-log record's type, so that Envoy's CEL reads its fields.
-                let args = abi::declare_property_args(RECORD_PROPERTY, 2, crate::access_log::SCHEMA);
+                let args = crate::access_log::declaration(RECORD_PROPERTY);
                 if let Err(e) = abi::call_foreign_function("declare_property", &args) {
                     log::warn!("cannot declare the access-log record wasm.{RECORD_PROPERTY} ({e:?}): %CEL(filter_state['wasm.{RECORD_PROPERTY}'].<field>)% will not read its fields");
                 }

@@ -764,12 +764,7 @@ def host_calls(write: bool = True, requests: int = 200) -> int:
         distinct = sum(1 for v in per.values() if v >= 0.5)
         lines.append(f"| {SCENARIOS[name]} | {'SSE' if stream else 'JSON'} | {sum(per.values()):.1f} | {distinct} | {by} |")
     lines.append("<!-- end:host_calls -->")
-    text = "\n".join(lines)
-    if write:
-        write_section(RESULTS, "host_calls", text)
-        print(f"\nwrote {RESULTS.relative_to(ROOT)} (section host_calls)")
-    else:
-        print(text)
+    publish("host_calls", "\n".join(lines), write)
     return 0
 
 
@@ -828,13 +823,17 @@ def micro(criterion_args: list[str], write: bool = True) -> int:
         lines += ["", "Per 50-event stream, translating adds over watching an Anthropic stream (the passthrough): " + "; ".join(
             f"{n}: {(m - base) / 1000:+.1f} µs" for n, m in extra) + "."]
     lines.append("<!-- end:micro -->")
-    text = "\n".join(lines)
+    publish("micro", "\n".join(lines), write)
+    return 0
+
+
+def publish(section: str, text: str, write: bool) -> None:
+    """Writes `text` as RESULTS.md's `section`, or prints it (--no-write)."""
     if write:
-        write_section(RESULTS, "micro", text)
-        print(f"\nwrote {RESULTS.relative_to(ROOT)} (section micro)")
+        write_section(RESULTS, section, text)
+        print(f"\nwrote {RESULTS.relative_to(ROOT)} (section {section})")
     else:
         print("\n" + text)
-    return 0
 
 
 def write_section(path: Path, name: str, body: str) -> None:
